@@ -1,0 +1,1 @@
+"""Adapters: each moves bytes and time between an OS API and the engine."""

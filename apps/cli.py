@@ -1,0 +1,216 @@
+"""The ``tiercel`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, NoReturn
+
+from tiercel.core.addresses import DEFAULT_URLS
+from tiercel.core.config import DataRate, EngineConfig, Limits
+from tiercel.core.errors import ConfigError
+
+from . import logs
+from .options import ADAPTERS, LIFESPAN_MODES, LOOPS, ServerOptions
+
+EXAMPLES = """\
+examples:
+  tiercel                                   serve the built-in welcome app on http://localhost:5000
+  tiercel myproject.main:app                serve an ASGI app
+  tiercel myproject.main:create_app --factory
+  tiercel app:app --urls "http://0.0.0.0:8080;unix:/run/app.sock"
+  TIERCEL_URLS=http://[::]:0 tiercel app:app   any free port on every interface
+  tiercel app:app --max-request-body-size 1000000 --keep-alive-timeout 30
+
+Limits and timeouts default to Kestrel's (body 30,000,000 bytes, headers 32 KiB, keep-alive 130 s,
+request headers 30 s, minimum body and response data rates 240 bytes/s after 5 s).
+"""
+
+
+def _version() -> str:
+    try:
+        return version("tiercel")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tiercel: error: {message} (see tiercel --help)\n")
+
+
+def _size(text: str) -> int | None:
+    if text.lower() == "none":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bytes (or 'none')")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be 0 or more")
+    return value
+
+
+def _rate(text: str) -> DataRate | None:
+    if text.lower() == "none":
+        return None
+    try:
+        return DataRate(float(text))
+    except (ValueError, ConfigError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate in bytes per second above 0 (or 'none')"
+        ) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tiercel",
+        description="Serve an ASGI app with tiercel.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "app", nargs="?", metavar="APP", help="module:attribute of an ASGI app (default: welcome)"
+    )
+    parser.add_argument("--factory", action="store_true", help="APP is a factory to call")
+    parser.add_argument(
+        "--urls",
+        default=None,
+        help=f"';'-separated listen URLs (env TIERCEL_URLS; default {DEFAULT_URLS})",
+    )
+    parser.add_argument("--adapter", choices=ADAPTERS, default="asyncio")
+    parser.add_argument(
+        "--loop", choices=LOOPS, default="auto", help="auto picks uvloop if present"
+    )
+    parser.add_argument("--lifespan", choices=LIFESPAN_MODES, default="auto")
+    parser.add_argument("--root-path", default="", help="path base the app is mounted at")
+    limits = parser.add_argument_group("limits and timeouts")
+    limits.add_argument("--max-request-body-size", type=_size, metavar="BYTES")
+    limits.add_argument("--max-request-line-size", type=_count, metavar="BYTES")
+    limits.add_argument("--max-request-headers-size", type=_count, metavar="BYTES")
+    limits.add_argument("--max-request-header-count", type=_count, metavar="N")
+    limits.add_argument("--max-connections", type=_size, metavar="N")
+    limits.add_argument("--keep-alive-timeout", type=_seconds, metavar="SECONDS")
+    limits.add_argument("--request-headers-timeout", type=_seconds, metavar="SECONDS")
+    limits.add_argument("--min-request-body-rate", type=_rate, metavar="BYTES_PER_SECOND")
+    limits.add_argument("--min-response-rate", type=_rate, metavar="BYTES_PER_SECOND")
+    limits.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS")
+    logging_group = parser.add_argument_group("logging")
+    logging_group.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    logging_group.add_argument("--no-access-log", action="store_true")
+    logging_group.add_argument("--no-server-header", action="store_true")
+    parser.add_argument("--version", action="version", version=f"tiercel {_version()}")
+    return parser
+
+
+_LIMIT_FLAGS = {
+    "max_request_body_size": "max_request_body_size",
+    "max_request_line_size": "max_request_line_size",
+    "max_request_headers_size": "max_request_headers_total_size",
+    "max_request_header_count": "max_request_header_count",
+    "max_connections": "max_concurrent_connections",
+    "keep_alive_timeout": "keep_alive_timeout",
+    "request_headers_timeout": "request_headers_timeout",
+    "min_request_body_rate": "min_request_body_data_rate",
+    "min_response_rate": "min_response_data_rate",
+}
+_NONE_ALLOWED = {"max_request_body_size", "max_connections"}
+_RATES = {"min_request_body_rate", "min_response_rate"}
+
+
+def options_from_args(args: argparse.Namespace) -> ServerOptions:
+    overrides: dict[str, Any] = {}
+    explicit = set(getattr(args, "_explicit", ()))
+    for flag, limit in _LIMIT_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None or (flag in explicit and (flag in _NONE_ALLOWED or flag in _RATES)):
+            overrides[limit] = value
+    limits = Limits().with_overrides(**overrides)
+    engine = EngineConfig(
+        limits=limits,
+        server_header=None if args.no_server_header else "tiercel",
+        root_path=args.root_path,
+    )
+    return ServerOptions(
+        urls=args.urls or os.environ.get("TIERCEL_URLS") or DEFAULT_URLS,
+        adapter=args.adapter,
+        loop=args.loop,
+        engine=engine,
+        shutdown_timeout=args.shutdown_timeout,
+        access_log=not args.no_access_log,
+        lifespan=args.lifespan,
+    )
+
+
+def _explicit_flags(argv: list[str]) -> set[str]:
+    return {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args._explicit = _explicit_flags(argv)
+    logs.configure(args.log_level)
+
+    from tiercel.adapters.sockets import BindError
+
+    from .hosting import Server, uvloop_factory
+    from .lifespan import LifespanFailed
+    from .loader import AppLoadError, load_app
+
+    try:
+        options = options_from_args(args)
+        if args.app:
+            app = load_app(args.app, factory=args.factory)
+            app_name = args.app
+        else:
+            if args.factory:
+                raise ConfigError("--factory needs an APP")
+            from .welcome import app
+
+            app_name = "the built-in welcome app"
+        loop_name = "uvloop" if uvloop_factory(options.loop) else "asyncio"
+        server = Server(app, options=options)
+    except (ConfigError, AppLoadError) as exc:
+        print(f"tiercel: error: {exc}", file=sys.stderr)
+        return 2
+
+    def announce(addresses: list[str]) -> None:
+        logs.error_log.info(
+            "tiercel %s serving %s (%s adapter, %s loop)",
+            _version(),
+            app_name,
+            options.adapter,
+            loop_name,
+        )
+        for address in addresses:
+            logs.error_log.info("listening on %s", address)
+
+    try:
+        server.run(on_started=announce)
+    except (BindError, LifespanFailed) as exc:
+        print(f"tiercel: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    logs.error_log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

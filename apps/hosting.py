@@ -1,0 +1,112 @@
+"""The programmatic API: ``Server(app, urls=...)`` with ``start()``, ``serve()``, ``stop()`` and
+``run()``. It picks the adapter and loop; everything else is the adapter's and the engine's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from tiercel.core.addresses import DEFAULT_URLS
+from tiercel.core.config import EngineConfig, Limits
+from tiercel.core.errors import ConfigError
+
+from .options import ServerOptions
+
+log = logging.getLogger("tiercel.error")
+
+
+def uvloop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop factory for ``--loop``; None means the standard asyncio loop."""
+    if loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if loop == "uvloop":
+            raise ConfigError(
+                "--loop uvloop: uvloop is not installed; pip install 'tiercel[uvloop]'"
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+class Server:
+    def __init__(
+        self,
+        app: Any,
+        urls: str = DEFAULT_URLS,
+        *,
+        adapter: str = "asyncio",
+        loop: str = "auto",
+        limits: Limits | None = None,
+        server_header: str | None = "tiercel",
+        root_path: str = "",
+        shutdown_timeout: float = 30.0,
+        access_log: bool = True,
+        lifespan: str = "auto",
+        options: ServerOptions | None = None,
+    ) -> None:
+        self.options = options or ServerOptions(
+            urls=urls,
+            adapter=adapter,
+            loop=loop,
+            engine=EngineConfig(
+                limits=limits or Limits(), server_header=server_header, root_path=root_path
+            ),
+            shutdown_timeout=shutdown_timeout,
+            access_log=access_log,
+            lifespan=lifespan,
+        )
+        from tiercel.adapters.asyncio_adapter import AsyncioServer
+
+        self._impl = AsyncioServer(app, self.options)
+
+    @property
+    def addresses(self) -> list[str]:
+        """The URLs actually bound (port 0 resolved), once started."""
+        return list(self._impl.addresses)
+
+    async def start(self) -> None:
+        await self._impl.start()
+
+    async def serve(self) -> None:
+        await self._impl.serve()
+
+    async def stop(self) -> None:
+        await self._impl.stop()
+
+    def request_stop(self) -> None:
+        """Ask a serving server to stop gracefully; safe to call from a signal handler."""
+        self._impl.request_stop()
+
+    def run(self, on_started: Callable[[list[str]], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully. A second signal stops at once."""
+        factory = uvloop_factory(self.options.loop)
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(self._run_with_signals(on_started))
+
+    async def _run_with_signals(self, on_started: Callable[[list[str]], None] | None) -> None:
+        loop = asyncio.get_running_loop()
+        signals_seen = 0
+
+        def on_signal() -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                log.info("shutting down (finishing requests in flight; signal again to force)")
+                self.request_stop()
+            else:
+                log.warning("forced shutdown")
+                for connection in list(self._impl.connections):
+                    connection.abort()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        await self._impl.start()
+        if on_started is not None:
+            on_started(self.addresses)
+        await self._impl.serve_started()

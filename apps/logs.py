@@ -1,0 +1,52 @@
+"""Logging for the host: server messages on ``tiercel.error``, one line per request on
+``tiercel.access`` (Common Log Format), engine rejections on ``tiercel.rejections``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tiercel.core.accesslog import format_access_line
+from tiercel.core.context import Rejection
+from tiercel.core.stream import HttpStream
+
+error_log = logging.getLogger("tiercel.error")
+access_log = logging.getLogger("tiercel.access")
+rejection_log = logging.getLogger("tiercel.rejections")
+
+LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def configure(level: str = "info") -> None:
+    """Plain stderr logging for the command; programs that embed tiercel configure their own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("tiercel")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class LoggingObserver:
+    """Turns engine notifications into log records."""
+
+    def __init__(self, access: bool = True) -> None:
+        self.access = access
+
+    def response_completed(self, stream: HttpStream) -> None:
+        if self.access and access_log.isEnabledFor(logging.INFO):
+            access_log.info(format_access_line(stream))
+
+    def request_rejected(self, rejection: Rejection) -> None:
+        if rejection_log.isEnabledFor(logging.INFO):
+            remote = rejection.remote_address
+            who = f"{remote[0]}:{remote[1]}" if remote else "-"
+            status = rejection.status if rejection.status is not None else "closed"
+            rejection_log.info(
+                "rejected %s from %s (connection %s): %s [%s]",
+                status,
+                who,
+                rejection.connection_id,
+                rejection.message,
+                rejection.reason,
+            )

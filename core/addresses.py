@@ -1,0 +1,108 @@
+"""Kestrel-style listen URLs: ``http://localhost:5000;http://0.0.0.0:8080;unix:/run/app.sock``.
+
+Parsing only; binding is the adapters' job. Host rules follow Kestrel: ``localhost`` means both
+loopbacks, ``0.0.0.0`` and ``[::]`` mean every interface, and any other name (``*``, ``+``,
+``example.com``) also means every interface.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_URLS = "http://localhost:5000"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    url: str  # as the user wrote it
+    scheme: str  # "http" or "unix"
+    host: str | None  # None for unix sockets
+    port: int
+    kind: str  # "localhost", "any", "ip", "unix"
+    unix_path: str | None = None
+
+    def bind_hosts(self) -> list[str]:
+        if self.kind == "localhost":
+            return ["127.0.0.1", "::1"]
+        if self.kind == "any":
+            return ["::"] if self.host in ("::", None) or self.host != "0.0.0.0" else ["0.0.0.0"]
+        return [self.host or ""]
+
+
+def _bad(url: str, why: str) -> ConfigError:
+    return ConfigError(f"invalid listen URL {url!r}: {why}")
+
+
+def parse_url(url: str) -> Endpoint:
+    text = url.strip()
+    if text.startswith("unix:"):
+        path = text[5:]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.startswith("/"):
+            raise _bad(url, "a unix socket needs an absolute path, e.g. unix:/run/tiercel.sock")
+        return Endpoint(url, "unix", None, 0, "unix", unix_path=path)
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        raise _bad(url, "https:// endpoints are not supported yet; use http:// for now")
+    if scheme != "http":
+        raise _bad(url, "the scheme must be http:// or unix:")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise _bad(url, "a listen URL cannot have a path; use --root-path for a path base")
+    netloc = parts.netloc
+    if not netloc:
+        raise _bad(url, "no host; write e.g. http://localhost:5000")
+    if netloc.startswith("["):
+        close = netloc.find("]")
+        if close == -1:
+            raise _bad(url, "unclosed '[' in an IPv6 address")
+        host, rest = netloc[1:close], netloc[close + 1 :]
+    else:
+        host, _, port_text = netloc.rpartition(":")
+        if not host:
+            host, port_text = port_text, ""
+        rest = ":" + port_text if port_text else ""
+    if rest and not rest.startswith(":"):
+        raise _bad(url, "unexpected text after the host")
+    port_text = rest[1:]
+    if port_text:
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise _bad(url, f"port {port_text!r} is not a number from 0 to 65535")
+        port = int(port_text)
+    else:
+        port = 80
+    lowered = host.lower()
+    if lowered == "localhost":
+        if port == 0:
+            raise _bad(
+                url,
+                "localhost with port 0 would bind two different ports; "
+                "use http://127.0.0.1:0 or http://[::1]:0",
+            )
+        return Endpoint(url, "http", "localhost", port, "localhost")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        # Kestrel treats any other host name (including * and +) as "every interface".
+        return Endpoint(url, "http", None, port, "any")
+    if address.is_unspecified:
+        return Endpoint(url, "http", str(address), port, "any")
+    return Endpoint(url, "http", str(address), port, "ip")
+
+
+def parse_urls(text: str) -> list[Endpoint]:
+    urls = [u for u in (part.strip() for part in text.split(";")) if u]
+    if not urls:
+        raise ConfigError("no listen URLs given; e.g. --urls http://localhost:5000")
+    return [parse_url(u) for u in urls]
+
+
+def format_address(scheme: str, host: str, port: int) -> str:
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"

@@ -1,0 +1,120 @@
+"""Engine configuration: limits and timeouts with Kestrel's defaults.
+
+Every value is checked when the object is built, so a bad setting fails at start-up with a
+message that names it, never in the middle of a request.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class DataRate:
+    """A minimum data rate: ``bytes_per_second`` averaged after a ``grace_period`` in seconds."""
+
+    bytes_per_second: float = 240.0
+    grace_period: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.bytes_per_second > 0:
+            raise ConfigError(
+                f"a minimum data rate needs bytes_per_second > 0 (got {self.bytes_per_second}); "
+                "turn the check off with None instead"
+            )
+        if not self.grace_period >= 0:
+            raise ConfigError(f"grace_period must be >= 0 seconds (got {self.grace_period})")
+
+
+def _positive_or_none(name: str, value: float | None, *, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(f"{name} must be a number (got {value!r})")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be {bound} (got {value}); use None for no limit")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-connection limits. Names and defaults follow ``KestrelServerLimits``."""
+
+    max_request_line_size: int = 8_192
+    max_request_headers_total_size: int = 32_768
+    max_request_header_count: int = 100
+    max_request_body_size: int | None = 30_000_000
+    max_request_buffer_size: int = 1_048_576
+    max_response_buffer_size: int = 65_536
+    max_concurrent_connections: int | None = None
+    keep_alive_timeout: float = 130.0
+    request_headers_timeout: float = 30.0
+    min_request_body_data_rate: DataRate | None = field(default_factory=DataRate)
+    min_response_data_rate: DataRate | None = field(default_factory=DataRate)
+    # Kestrel drains an unread request body for a fixed 5 s; we also bound the bytes so a
+    # client cannot make the server read gigabytes nobody asked for.
+    drain_timeout: float = 5.0
+    max_drain_size: int = 1_048_576
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_request_line_size",
+            "max_request_headers_total_size",
+            "max_request_header_count",
+            "max_request_buffer_size",
+            "keep_alive_timeout",
+            "request_headers_timeout",
+        ):
+            value = getattr(self, name)
+            if value is None:
+                raise ConfigError(f"limits.{name} cannot be None")
+            _positive_or_none(f"limits.{name}", value)
+        _positive_or_none("limits.max_request_body_size", self.max_request_body_size)
+        _positive_or_none("limits.max_concurrent_connections", self.max_concurrent_connections)
+        _positive_or_none("limits.max_response_buffer_size", self.max_response_buffer_size)
+        _positive_or_none("limits.drain_timeout", self.drain_timeout, allow_zero=True)
+        _positive_or_none("limits.max_drain_size", self.max_drain_size, allow_zero=True)
+        for name in ("min_request_body_data_rate", "min_response_data_rate"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, DataRate):
+                raise ConfigError(f"limits.{name} must be a DataRate or None (got {value!r})")
+
+    def with_overrides(self, **changes: Any) -> Limits:
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown limit(s): {', '.join(unknown)}; known limits: {', '.join(sorted(known))}"
+            )
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """What one connection engine needs to know. Shared by every connection of a server."""
+
+    limits: Limits = field(default_factory=Limits)
+    # The value of the Server response header; None leaves the header out.
+    server_header: str | None = "tiercel"
+    # Requests whose path starts with root_path are presented to the app with it as path base.
+    root_path: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limits, Limits):
+            raise ConfigError(f"limits must be a Limits object (got {self.limits!r})")
+        if self.server_header is not None and (
+            not self.server_header.isprintable() or not self.server_header.isascii()
+        ):
+            raise ConfigError(
+                "server_header must be printable ASCII (got "
+                f"{self.server_header!r}); use None to send no Server header"
+            )
+        if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
+            raise ConfigError(
+                f"root_path must start with '/' and not end with one (got {self.root_path!r}), "
+                "e.g. '/api'"
+            )

@@ -1,0 +1,103 @@
+"""Server-wide state shared by every connection engine: config, the Date header, counters,
+the addresses feature, and the observer the host plugs its logging into.
+
+The engine calls the observer synchronously; the observer must not block (a host that writes
+logs to slow sinks should queue them).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from .config import EngineConfig
+from .dates import HttpDate
+
+if TYPE_CHECKING:
+    from .stream import HttpStream
+
+
+@dataclass(frozen=True, slots=True)
+class TransportInfo:
+    """What the adapter knows about one accepted connection."""
+
+    local_address: tuple[str, int] | str | None = None
+    remote_address: tuple[str, int] | None = None
+    scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A request the engine refused before or instead of the app (for telemetry)."""
+
+    status: int | None  # None when the connection was closed without a response
+    reason: str
+    message: str
+    remote_address: tuple[str, int] | None
+    connection_id: str
+
+
+class EngineObserver(Protocol):
+    def request_rejected(self, rejection: Rejection) -> None: ...
+
+    def response_completed(self, stream: HttpStream) -> None: ...
+
+
+class _NullObserver:
+    def request_rejected(self, rejection: Rejection) -> None:
+        pass
+
+    def response_completed(self, stream: HttpStream) -> None:
+        pass
+
+
+@dataclass
+class ServerAddresses:
+    """The addresses feature: the URLs actually bound, filled in by the adapter after start."""
+
+    addresses: list[str] = field(default_factory=list)
+
+
+class ServerContext:
+    def __init__(
+        self,
+        config: EngineConfig | None = None,
+        observer: EngineObserver | None = None,
+        wall_time: float = 0.0,
+    ) -> None:
+        self.config = config or EngineConfig()
+        self.observer: EngineObserver = observer or _NullObserver()
+        self.date = HttpDate(wall_time)
+        self.wall_time = wall_time
+        self.addresses = ServerAddresses()
+        self.rejections: Counter[str] = Counter()
+        self.open_connections = 0
+        self._ids = itertools.count(1)
+        server_header = self.config.server_header
+        self.server_header = server_header.encode("ascii") if server_header else None
+
+    def tick(self, wall_time: float) -> None:
+        """Called by the host about once a second with the wall-clock time."""
+        self.wall_time = wall_time
+        self.date.refresh(wall_time)
+
+    def next_connection_id(self) -> str:
+        return f"{next(self._ids):x}"
+
+    def try_open_connection(self) -> bool:
+        """Count a new connection; False means the connection limit is reached: close it."""
+        limit = self.config.limits.max_concurrent_connections
+        if limit is not None and self.open_connections >= limit:
+            self.rejections["connection_limit"] += 1
+            return False
+        self.open_connections += 1
+        return True
+
+    def connection_closed(self) -> None:
+        self.open_connections -= 1
+
+    def record_rejection(self, rejection: Rejection) -> None:
+        self.rejections[rejection.reason] += 1
+        self.observer.request_rejected(rejection)

@@ -1,0 +1,538 @@
+"""The HTTP/1.1 connection engine: one object per connection, no I/O, no clock.
+
+Theory of operation
+-------------------
+A connection is always in one of five phases:
+
+    IDLE      no byte of the next request yet        deadline: keep-alive timeout -> close
+    HEAD      part of a request head received        deadline: request headers timeout -> 408
+    ACTIVE    a request is with the app              deadlines: body data rate -> 408,
+                                                                response data rate -> abort
+    DRAINING  response done, unread body discarded   deadline: drain timeout -> close
+    CLOSED    nothing more is read; once ``data_to_send`` is flushed the adapter closes
+
+IDLE -> HEAD when the first byte arrives (the headers clock starts then and is never reset, so
+trickling bytes buys nothing); HEAD -> ACTIVE when the head parses; ACTIVE -> IDLE (or straight
+to HEAD/ACTIVE for pipelined bytes) when both the request body and the response are complete;
+ACTIVE -> DRAINING when the response completes first; anything -> CLOSED on an error, a timeout,
+``Connection: close`` or shutdown.
+
+Requests are served one at a time: pipelined requests wait in the codec's buffer, unparsed,
+until the response before them is complete, so answers go out in order and nothing after a
+framing error is ever parsed. Back-pressure on input: ``wants_read`` is false while the bytes
+buffered for the app (body) or waiting in the codec exceed ``max_request_buffer_size``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from enum import Enum
+
+from .context import Rejection, ServerContext, TransportInfo
+from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
+from .events import Event, RequestReceived, StreamUpdated
+from .headers import escape_for_log, validate_response_headers
+from .http1_codec import (
+    CLOSED,
+    NEED_DATA,
+    BodyData,
+    EndOfBody,
+    H11Codec,
+    Http1Codec,
+)
+from .http1_head import ALLOW_ALL_BUT_CONNECT, RequestHead
+from .status import STATUS_LINES_11, reason_phrase
+from .stream import HttpStream
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Phase(Enum):
+    IDLE = "idle"
+    HEAD = "head"
+    ACTIVE = "active"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+def error_response(
+    status: int, message: str, context: ServerContext, extra: Headers | None = None
+) -> bytes:
+    """A complete response the engine sends on its own, always with ``Connection: close``."""
+    body = f"{status} {reason_phrase(status).decode()}: {message}\n".encode()
+    lines = [
+        STATUS_LINES_11[status],
+        b"date: ",
+        context.date.value,
+        b"\r\n",
+    ]
+    if context.server_header:
+        lines += [b"server: ", context.server_header, b"\r\n"]
+    for name, value in extra or ():
+        lines += [name, b": ", value, b"\r\n"]
+    lines += [
+        b"content-type: text/plain; charset=utf-8\r\ncontent-length: ",
+        str(len(body)).encode(),
+        b"\r\nconnection: close\r\n\r\n",
+        body,
+    ]
+    return b"".join(lines)
+
+
+class Http1Protocol:
+    def __init__(
+        self,
+        context: ServerContext,
+        transport: TransportInfo,
+        now: float,
+        codec: Http1Codec | None = None,
+    ) -> None:
+        self._context = context
+        self._limits = context.config.limits
+        self._transport = transport
+        self.connection_id = context.next_connection_id()
+        self._codec: Http1Codec = codec or H11Codec(self._limits)
+        self._out: list[bytes] = []
+        self._events: list[Event] = []
+        self._stream: HttpStream | None = None
+        self._stream_ids = itertools.count(1)
+        self.phase = Phase.IDLE
+        self._phase_deadline: float | None = now + self._limits.keep_alive_timeout
+        self._now = now
+        self._shutting_down = False
+        self._peer_closed = False
+        self._drained = 0
+        # Body data rate bookkeeping for the current stream (None = not measuring).
+        self._rate_start: float | None = None
+        self._rate_paused_at: float | None = None
+        # Response data rate: set while the adapter reports its write buffer as full.
+        self._write_deadline: float | None = None
+        self._continue_sent = False
+
+    # -- adapter interface --------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed received bytes; ``b""`` means the peer closed its sending side."""
+        self._now = now
+        if self.phase is Phase.CLOSED:
+            return self.pop_events()
+        if not data:
+            self._peer_closed = True
+        elif self.phase is Phase.IDLE:
+            self._enter(Phase.HEAD, now + self._limits.request_headers_timeout)
+        self._codec.receive_data(data)
+        self._pump()
+        return self.pop_events()
+
+    def connection_lost(self, now: float) -> list[Event]:
+        """The transport is gone (reset, or closed by us): abort whatever is in flight."""
+        self._now = now
+        self._close()
+        stream = self._stream
+        if stream is not None and not stream.response_complete:
+            self._abort_stream(stream)
+        return self.pop_events()
+
+    def on_timer(self, now: float) -> list[Event]:
+        self._now = now
+        if self.phase is Phase.CLOSED:
+            return self.pop_events()
+        if self._write_deadline is not None and now >= self._write_deadline:
+            self._fail(None, "response_data_rate", "the client read the response too slowly")
+        elif self._phase_deadline is not None and now >= self._phase_deadline:
+            if self.phase is Phase.IDLE:
+                self._close()
+            elif self.phase is Phase.HEAD:
+                self._fail(
+                    RemoteProtocolError(
+                        "request headers were not received within "
+                        f"{self._limits.request_headers_timeout:g} s",
+                        408,
+                        "request_headers_timeout",
+                    )
+                )
+            elif self.phase is Phase.DRAINING:
+                self._close()
+        else:
+            rate_deadline = self._body_rate_deadline()
+            if rate_deadline is not None and now >= rate_deadline:
+                rate = self._limits.min_request_body_data_rate
+                assert rate is not None
+                self._fail(
+                    RemoteProtocolError(
+                        "the request body arrived slower than the minimum rate of "
+                        f"{rate.bytes_per_second:g} bytes/s",
+                        408,
+                        "request_body_data_rate",
+                    )
+                )
+        return self.pop_events()
+
+    def next_deadline(self) -> float | None:
+        if self.phase is Phase.CLOSED:
+            return None
+        candidates = [
+            d
+            for d in (self._phase_deadline, self._write_deadline, self._body_rate_deadline())
+            if d is not None
+        ]
+        return min(candidates) if candidates else None
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def pop_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    @property
+    def wants_read(self) -> bool:
+        if self.phase is Phase.CLOSED:
+            return False
+        if self._peer_closed:
+            return False
+        limit = self._limits.max_request_buffer_size
+        stream = self._stream
+        buffered = self._codec.buffered_size
+        if stream is not None and self.phase is Phase.ACTIVE:
+            buffered += stream.body_buffered
+        return buffered < limit
+
+    @property
+    def should_close(self) -> bool:
+        """True when the adapter should close the transport after sending ``data_to_send``."""
+        return self.phase is Phase.CLOSED
+
+    @property
+    def is_idle(self) -> bool:
+        return self.phase is Phase.IDLE
+
+    def set_write_blocked(self, blocked: bool, now: float, buffered: int = 0) -> None:
+        """The adapter's write buffer is over (or back under) its high-water mark."""
+        self._now = now
+        rate = self._limits.min_response_data_rate
+        if not blocked or rate is None:
+            self._write_deadline = None
+        elif self._write_deadline is None:
+            self._write_deadline = now + max(rate.grace_period, buffered / rate.bytes_per_second)
+
+    def shutdown(self, now: float) -> list[Event]:
+        """Graceful stop: close when idle, otherwise after the response in flight."""
+        self._now = now
+        self._shutting_down = True
+        if self.phase is Phase.IDLE:
+            self._close()
+        return self.pop_events()
+
+    # -- internals: input ---------------------------------------------------------------------
+
+    def _enter(self, phase: Phase, deadline: float | None) -> None:
+        self.phase = phase
+        self._phase_deadline = deadline
+
+    def _pump(self) -> None:
+        """Turn buffered bytes into events as far as the current phase allows."""
+        codec = self._codec
+        try:
+            while self.phase is not Phase.CLOSED:
+                stream = self._stream
+                if stream is None:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        if codec.buffered_size and self.phase is Phase.IDLE:
+                            self._enter(
+                                Phase.HEAD, self._now + self._limits.request_headers_timeout
+                            )
+                        return
+                    if event is CLOSED:
+                        self._close()
+                        return
+                    assert isinstance(event, RequestHead)
+                    self._start_stream(event)
+                    continue
+                if self.phase is Phase.ACTIVE:
+                    if stream.body_complete_flag:
+                        return
+                    if stream.body_buffered >= self._limits.max_request_buffer_size:
+                        self._pause_body_rate()
+                        return
+                    event = codec.next_event()
+                    if isinstance(event, BodyData):
+                        self._body_arrived(stream, event.data)
+                    elif isinstance(event, EndOfBody):
+                        stream.body_complete_flag = True
+                        self._rate_start = None
+                        self._wake(stream)
+                    else:
+                        return
+                elif self.phase is Phase.DRAINING:
+                    event = codec.next_event()
+                    if isinstance(event, BodyData):
+                        self._drained += len(event.data)
+                        if self._drained > self._limits.max_drain_size:
+                            self._close()
+                    elif isinstance(event, EndOfBody):
+                        stream.body_complete_flag = True
+                        self._finish_cycle()
+                    else:
+                        return
+                else:
+                    return
+        except RemoteProtocolError as error:
+            self._fail(error)
+
+    def _start_stream(self, head: RequestHead) -> None:
+        now = self._now
+        transport = self._transport
+        scheme = transport.scheme
+        path = head.path
+        root = self._context.config.root_path
+        path_base = ""
+        if root and (path == root or path.startswith(root + "/")):
+            path_base, path = root, path[len(root) :]
+        stream = HttpStream(
+            self,
+            next(self._stream_ids),
+            method=head.method.decode("ascii"),
+            scheme=scheme,
+            http_version=head.http_version.decode("ascii"),
+            raw_target=head.target,
+            raw_path=head.raw_path,
+            path=path,
+            query_string=head.query_string,
+            headers=head.headers,
+            path_base=path_base,
+            connection_id=self.connection_id,
+            transport=transport,
+            max_request_body_size=self._limits.max_request_body_size,
+            request_content_length=head.content_length,
+            has_body=head.has_body,
+            expect_continue=head.expect_continue,
+            start_time=now,
+            wall_time=self._context.wall_time,
+        )
+        self._stream = stream
+        self._continue_sent = False
+        self._drained = 0
+        self._rate_start = None
+        self._rate_paused_at = None
+        self._enter(Phase.ACTIVE, None)
+        self._events.append(RequestReceived(stream))
+
+    def _body_arrived(self, stream: HttpStream, data: bytes) -> None:
+        stream.body_arrived(data)
+        limit = stream.max_request_body_size
+        if stream.read_started and limit is not None and stream.body_received > limit:
+            raise RequestBodyTooLarge(limit)
+        self._wake(stream)
+
+    def _wake(self, stream: HttpStream) -> None:
+        events = self._events
+        if not events or events[-1].stream is not stream:
+            events.append(StreamUpdated(stream))
+
+    def _body_rate_deadline(self) -> float | None:
+        rate = self._limits.min_request_body_data_rate
+        start = self._rate_start
+        if rate is None or start is None or self._rate_paused_at is not None:
+            return None
+        stream = self._stream
+        if stream is None or stream.body_complete_flag or self.phase is not Phase.ACTIVE:
+            return None
+        received = stream.body_received
+        return start + max(rate.grace_period, received / rate.bytes_per_second)
+
+    def _pause_body_rate(self) -> None:
+        if self._rate_start is not None and self._rate_paused_at is None:
+            self._rate_paused_at = self._now
+
+    # -- stream owner interface (called through HttpStream) -----------------------------------
+
+    def stream_read_started(self, stream: HttpStream, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+        if stream is not self._stream or stream.aborted_flag:
+            return
+        limit = stream.max_request_body_size
+        length = stream.request_content_length
+        if limit is not None and (
+            (length is not None and length > limit) or stream.body_received > limit
+        ):
+            self._fail(RequestBodyTooLarge(limit))
+            return
+        if (
+            stream.expect_continue
+            and not stream.response_started
+            and not stream.body_complete_flag
+            and not self._continue_sent
+        ):
+            self._continue_sent = True
+            self._out.append(self._codec.send_informational(100, []))
+        if not stream.body_complete_flag:
+            self._rate_start = self._now
+
+    def stream_body_consumed(self, stream: HttpStream, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+        if self._rate_paused_at is not None and self._rate_start is not None:
+            self._rate_start += self._now - self._rate_paused_at
+            self._rate_paused_at = None
+        if stream is self._stream and self.phase is Phase.ACTIVE:
+            self._pump()
+
+    def stream_can_write(self, stream: HttpStream) -> bool:
+        return not stream.aborted_flag
+
+    def stream_abort(self, stream: HttpStream) -> None:
+        if stream is self._stream and self.phase is not Phase.CLOSED:
+            self._record(None, "aborted_by_app", "the app aborted the request")
+            self._close()
+        self._wake(stream)
+
+    def stream_send(self, stream: HttpStream, data: bytes, end: bool, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+        if not stream.response_started:
+            self._send_head(stream, data, end)
+        else:
+            self._send_data(stream, data, end)
+        if end:
+            self._response_done(stream)
+
+    # -- internals: output --------------------------------------------------------------------
+
+    def _body_allowed(self, stream: HttpStream) -> bool:
+        return stream.method != "HEAD" and stream.status not in _NO_BODY_STATUSES
+
+    def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
+        stream.run_on_starting()
+        status = stream.status
+        if not isinstance(status, int) or not 200 <= status <= 999:
+            raise LocalProtocolError(
+                f"response status must be an int from 200 to 999 (got {status!r})"
+            )
+        headers = stream.response_headers
+        validate_response_headers(headers)
+        has_date = has_server = has_length = False
+        for name, _ in headers:
+            lowered = name.lower()
+            if lowered == b"date":
+                has_date = True
+            elif lowered == b"server":
+                has_server = True
+            elif lowered in (b"content-length", b"transfer-encoding"):
+                has_length = True
+        extra: Headers = []
+        if not has_date:
+            extra.append((b"date", self._context.date.value))
+        if not has_server and self._context.server_header:
+            extra.append((b"server", self._context.server_header))
+        body_allowed = self._body_allowed(stream)
+        if end and not has_length and body_allowed:
+            extra.append((b"content-length", str(len(data)).encode()))
+        if self._shutting_down:
+            extra.append((b"connection", b"close"))
+        reason = stream.reason.encode("latin-1") if stream.reason else reason_phrase(status)
+        stream.response_started = True
+        self._out.append(self._codec.send_response(status, reason, [*extra, *headers]))
+        if data and body_allowed:
+            self._out.append(self._codec.send_data(data))
+            stream.bytes_sent += len(data)
+
+    def _send_data(self, stream: HttpStream, data: bytes, end: bool) -> None:
+        if data and self._body_allowed(stream):
+            self._out.append(self._codec.send_data(data))
+            stream.bytes_sent += len(data)
+
+    def _response_done(self, stream: HttpStream) -> None:
+        self._out.append(self._codec.send_end())
+        stream.response_complete = True
+        self._context.observer.response_completed(stream)
+        stream.run_on_completed()
+        self._wake(stream)
+        if stream.body_complete_flag:
+            self._finish_cycle()
+            return
+        # The app answered without reading the whole body.
+        stream.discard_body()
+        length = stream.request_content_length
+        remaining = None if length is None else length - stream.body_received
+        if (
+            (stream.expect_continue and not self._continue_sent)
+            or (remaining is not None and remaining > self._limits.max_drain_size)
+            or self._limits.drain_timeout == 0
+            or self._shutting_down
+        ):
+            self._close()
+            return
+        self._enter(Phase.DRAINING, self._now + self._limits.drain_timeout)
+        self._pump()
+
+    def _finish_cycle(self) -> None:
+        self._write_deadline = None
+        if self._shutting_down or not self._codec.keep_alive or self._peer_closed:
+            self._close()
+            return
+        self._codec.start_next_cycle()
+        self._stream = None
+        self._enter(Phase.IDLE, self._now + self._limits.keep_alive_timeout)
+        self._pump()
+
+    # -- internals: failure -------------------------------------------------------------------
+
+    def _fail(
+        self,
+        error: RemoteProtocolError | None,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Refuse the request in progress: answer with the error status if no response has
+        started yet, then close. The app (if running) sees a disconnect."""
+        stream = self._stream
+        status: int | None = None
+        if error is not None and (stream is None or not stream.response_started):
+            status = error.status
+            extra: Headers = []
+            if status == 405:
+                extra.append((b"allow", ALLOW_ALL_BUT_CONNECT))
+            self._out.append(error_response(status, str(error), self._context, extra))
+        self._record(
+            status,
+            reason or (error.reason if error else "error"),
+            message or (str(error) if error else ""),
+        )
+        self._close()
+        if stream is not None and not stream.response_complete:
+            if status is not None:
+                stream.response_started = True
+                stream.response_complete = True
+                stream.status = status
+            self._abort_stream(stream)
+
+    def _record(self, status: int | None, reason: str, message: str) -> None:
+        self._context.record_rejection(
+            Rejection(
+                status=status,
+                reason=reason,
+                message=escape_for_log(message),
+                remote_address=self._transport.remote_address,
+                connection_id=self.connection_id,
+            )
+        )
+
+    def _abort_stream(self, stream: HttpStream) -> None:
+        stream.aborted_flag = True
+        self._wake(stream)
+
+    def _close(self) -> None:
+        if self.phase is not Phase.CLOSED:
+            self._enter(Phase.CLOSED, None)
+            self._write_deadline = None
+            self._rate_start = None

@@ -1,0 +1,253 @@
+"""Strict parsing of an HTTP/1.1 request head (RFC 9112 section 2-3, RFC 9110 section 5-7).
+
+This is the gate every request passes before a codec sees it. It is deliberately stricter than
+the RFC's "MAY accept" clauses, because every leniency here has been a request-smuggling bug
+somewhere (see the advisories in the project's references): bare LF, obs-fold, whitespace
+before the colon, Content-Length lists or signs, several Transfer-Encoding headers, CL together
+with TE, and control bytes are all refused.
+
+``find_head_end`` decides when a head is complete and which limit (414 vs 431) a head that is too
+long breaks; ``parse_head`` turns the complete head into a ``RequestHead`` or raises
+``RemoteProtocolError`` with the status to answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .config import Limits
+from .errors import RemoteProtocolError
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^ ]+) (HTTP/[0-9]\.[0-9])")
+_HEADER_NAME = re.compile(_TOKEN)
+# Field values: VCHAR, obs-text, SP and HTAB; no other control byte (RFC 9110 5.5).
+_BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Request targets: visible ASCII only (RFC 9112 3.2, RFC 3986); '#' never appears in a target.
+_BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]|#")
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?]*)([^?]*)(?:\?(.*))?", re.DOTALL)
+
+ALLOW_ALL_BUT_CONNECT = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    http_version: bytes  # b"1.1" or b"1.0"
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, values without surrounding OWS
+    raw_path: bytes
+    query_string: bytes
+    host: bytes | None
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    expect_continue: bool
+    scheme_from_target: bytes | None = None  # set for absolute-form targets
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def path(self) -> str:
+        return unquote(self.raw_path.decode("latin-1"), errors="replace")
+
+
+def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
+    """Return the index just past the head's blank line, or -1 if more bytes are needed.
+
+    Raises ``RemoteProtocolError`` (414 or 431) as soon as the bytes already received prove the
+    head breaks a limit, so a client cannot make us buffer more than the limits allow.
+    """
+    start = 0
+    # RFC 9112 2.2: ignore empty lines before the request line (bounded: at most a few).
+    while buffer.startswith(b"\r\n", start) and start < 8:
+        start += 2
+    line_end = buffer.find(b"\r\n", start)
+    line_limit = limits.max_request_line_size
+    first_lf = buffer.find(b"\n", start)
+    if first_lf != -1 and first_lf != line_end + 1:
+        raise _bad("bare LF in the request line; lines must end with CRLF")
+    if line_end == -1:
+        if len(buffer) - start > line_limit:
+            raise RemoteProtocolError(
+                f"request line longer than {line_limit} bytes", 414, "request_line_too_long"
+            )
+        return -1
+    if line_end - start > line_limit:
+        raise RemoteProtocolError(
+            f"request line longer than {line_limit} bytes", 414, "request_line_too_long"
+        )
+    if buffer.startswith(b"\r\n", line_end + 2):
+        return line_end + 4
+    head_end = buffer.find(b"\r\n\r\n", line_end)
+    headers_limit = limits.max_request_headers_total_size
+    if head_end == -1:
+        region = buffer[line_end + 2 :]
+        if region.count(b"\n") != region.count(b"\r\n"):
+            raise _bad("bare LF in the request headers; lines must end with CRLF")
+        if len(buffer) - line_end - 2 > headers_limit:
+            raise RemoteProtocolError(
+                f"request headers larger than {headers_limit} bytes", 431, "headers_too_large"
+            )
+        return -1
+    if head_end + 2 - (line_end + 2) > headers_limit:
+        raise RemoteProtocolError(
+            f"request headers larger than {headers_limit} bytes", 431, "headers_too_large"
+        )
+    return head_end + 4
+
+
+def _bad(message: str, status: int = 400, reason: str = "bad_request") -> RemoteProtocolError:
+    return RemoteProtocolError(message, status, reason)
+
+
+def parse_head(head: bytes, limits: Limits) -> RequestHead:
+    """Parse a complete head (as delimited by ``find_head_end``)."""
+    start = 0
+    while head.startswith(b"\r\n", start):
+        start += 2
+    lines = head[start:-4].split(b"\r\n")
+    request_line = lines[0]
+    without_crlf = head[start:-4].replace(b"\r\n", b"")
+    if b"\n" in without_crlf or b"\r" in without_crlf:
+        raise _bad("bare CR or LF in the request head; lines must end with CRLF")
+    match = _REQUEST_LINE.fullmatch(request_line)
+    if match is None:
+        raise _bad("malformed request line")
+    method, target, version = match.groups()
+    http_version = version[5:]
+    if http_version not in (b"1.1", b"1.0"):
+        raise _bad(
+            f"HTTP version {http_version.decode()} is not supported", 505, "version_not_supported"
+        )
+    if _BAD_TARGET_BYTE.search(target):
+        raise _bad("request target contains a byte that is not visible ASCII")
+
+    header_lines = lines[1:]
+    if len(header_lines) > limits.max_request_header_count:
+        raise _bad(
+            f"more than {limits.max_request_header_count} request headers",
+            431,
+            "too_many_headers",
+        )
+    headers: list[tuple[bytes, bytes]] = []
+    host: bytes | None = None
+    host_count = 0
+    content_length: int | None = None
+    transfer_encoding: bytes | None = None
+    connection_tokens: list[bytes] = []
+    expect: bytes | None = None
+    for line in header_lines:
+        colon = line.find(b":")
+        if colon <= 0:
+            if line[:1] in (b" ", b"\t"):
+                raise _bad("obsolete line folding (a header line starting with whitespace)")
+            raise _bad("malformed header line (no field name and colon)")
+        name = line[:colon]
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise _bad("invalid header name (whitespace before the colon or a bad character)")
+        value = line[colon + 1 :].strip(b" \t")
+        if _BAD_VALUE_BYTE.search(value):
+            raise _bad("control character in a header value")
+        name = name.lower()
+        headers.append((name, value))
+        if name == b"host":
+            host = value
+            host_count += 1
+        elif name == b"content-length":
+            if content_length is not None:
+                raise _bad("more than one Content-Length header")
+            if _DIGITS.fullmatch(value) is None:
+                raise _bad("Content-Length is not a plain decimal number")
+            content_length = int(value)
+        elif name == b"transfer-encoding":
+            if transfer_encoding is not None:
+                raise _bad("more than one Transfer-Encoding header")
+            transfer_encoding = value.lower()
+        elif name == b"connection":
+            connection_tokens.extend(t.strip(b" \t").lower() for t in value.split(b","))
+        elif name == b"expect":
+            expect = value.lower()
+
+    chunked = False
+    if transfer_encoding is not None:
+        if http_version == b"1.0":
+            raise _bad("Transfer-Encoding in an HTTP/1.0 request")
+        if content_length is not None:
+            raise _bad("both Content-Length and Transfer-Encoding; the framing is ambiguous")
+        if transfer_encoding != b"chunked":
+            codings = [c.strip(b" \t") for c in transfer_encoding.split(b",")]
+            if codings[-1:] != [b"chunked"] or b"chunked" in codings[:-1]:
+                raise _bad("Transfer-Encoding must end with a single 'chunked'")
+            raise _bad("only the 'chunked' transfer coding is implemented", 501, "not_implemented")
+        chunked = True
+
+    if host_count > 1:
+        raise _bad("more than one Host header")
+    if host is None and http_version == b"1.1":
+        raise _bad("missing Host header (required in HTTP/1.1)")
+    if host is not None and _HOST.fullmatch(host) is None:
+        raise _bad("invalid Host header")
+
+    scheme_from_target: bytes | None = None
+    if method == b"CONNECT":
+        raise RemoteProtocolError(
+            "CONNECT is not supported: this is an origin server, not a proxy",
+            405,
+            "method_not_allowed",
+        )
+    if target.startswith(b"/"):
+        raw_path, _, query_string = target.partition(b"?")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise RemoteProtocolError(
+                "asterisk-form target is only allowed with OPTIONS", 405, "method_not_allowed"
+            )
+        raw_path, query_string = b"*", b""
+    else:
+        absolute = _ABSOLUTE.fullmatch(target)
+        if absolute is None:
+            # authority-form (host:port) belongs to CONNECT, which an origin server refuses.
+            raise RemoteProtocolError(
+                "authority-form target on an origin server", 405, "method_not_allowed"
+            )
+        scheme, authority, raw_path, query = absolute.groups()
+        scheme_from_target = scheme.lower()
+        if scheme_from_target not in (b"http", b"https") or not authority:
+            raise _bad("absolute-form target must be an http or https URI with a host")
+        if host is not None and host.lower() != authority.lower():
+            raise _bad("Host header does not match the authority of the absolute-form target")
+        host = authority
+        raw_path = raw_path or b"/"
+        query_string = query or b""
+
+    if http_version == b"1.1":
+        keep_alive = b"close" not in connection_tokens
+    else:
+        keep_alive = b"keep-alive" in connection_tokens and b"close" not in connection_tokens
+    expect_continue = False
+    if expect is not None and http_version == b"1.1":
+        if expect != b"100-continue":
+            raise _bad("unsupported expectation in Expect header", 417, "expectation_failed")
+        expect_continue = True
+
+    return RequestHead(
+        method=method,
+        target=target,
+        http_version=http_version,
+        headers=headers,
+        raw_path=raw_path,
+        query_string=query_string,
+        host=host,
+        content_length=content_length,
+        chunked=chunked,
+        keep_alive=keep_alive,
+        expect_continue=expect_continue,
+        scheme_from_target=scheme_from_target,
+    )

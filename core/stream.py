@@ -1,0 +1,249 @@
+"""One request/response exchange on a connection: the engine's implementation of every
+per-request feature.
+
+A stream holds the parsed request, the body bytes received and not yet read, and the response
+the app has set. It decides nothing about framing or timing itself: every operation that affects
+the wire is passed to its owner (the HTTP/1.1 or HTTP/2 protocol object), which knows the rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+from .errors import LocalProtocolError
+
+if TYPE_CHECKING:
+    from .context import TransportInfo
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(OSError):
+    """Raised when the app writes to a response whose client has gone away."""
+
+
+class StreamOwner(Protocol):
+    def stream_read_started(self, stream: HttpStream, now: float | None) -> None: ...
+
+    def stream_body_consumed(self, stream: HttpStream, now: float | None) -> None: ...
+
+    def stream_send(
+        self, stream: HttpStream, data: bytes, end: bool, now: float | None
+    ) -> None: ...
+
+    def stream_abort(self, stream: HttpStream) -> None: ...
+
+    def stream_can_write(self, stream: HttpStream) -> bool: ...
+
+
+class HttpStream:
+    __slots__ = (
+        "_body",
+        "_body_size",
+        "_on_completed",
+        "_on_starting",
+        "_owner",
+        "_read_started",
+        "aborted_flag",
+        "body_complete_flag",
+        "body_received",
+        "bytes_sent",
+        "connection_id",
+        "expect_continue",
+        "headers",
+        "http_version",
+        "local_address",
+        "max_request_body_size",
+        "method",
+        "path",
+        "path_base",
+        "protocol",
+        "query_string",
+        "raw_path",
+        "raw_target",
+        "reason",
+        "remote_address",
+        "request_content_length",
+        "response_complete",
+        "response_headers",
+        "response_started",
+        "scheme",
+        "start_time",
+        "status",
+        "stream_id",
+        "wall_time",
+    )
+
+    def __init__(
+        self,
+        owner: StreamOwner,
+        stream_id: int,
+        *,
+        method: str,
+        scheme: str,
+        http_version: str,
+        raw_target: bytes,
+        raw_path: bytes,
+        path: str,
+        query_string: bytes,
+        headers: Headers,
+        path_base: str,
+        connection_id: str,
+        transport: TransportInfo,
+        max_request_body_size: int | None,
+        request_content_length: int | None,
+        has_body: bool,
+        expect_continue: bool,
+        start_time: float,
+        wall_time: float,
+    ) -> None:
+        self._owner = owner
+        self.stream_id = stream_id
+        self.method = method
+        self.scheme = scheme
+        self.http_version = http_version
+        self.protocol = "HTTP/" + http_version
+        self.raw_target = raw_target
+        self.raw_path = raw_path
+        self.path = path
+        self.query_string = query_string
+        self.headers = headers
+        self.path_base = path_base
+        self.connection_id = connection_id
+        self.local_address = transport.local_address
+        self.remote_address = transport.remote_address
+        self.max_request_body_size = max_request_body_size
+        self.request_content_length = request_content_length
+        self.expect_continue = expect_continue
+        self.start_time = start_time
+        self.wall_time = wall_time
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self.body_received = 0
+        self.body_complete_flag = not has_body
+        self._read_started = False
+        self.aborted_flag = False
+        self.status = 200
+        self.reason: str | None = None
+        self.response_headers: Headers = []
+        self.response_started = False
+        self.response_complete = False
+        self.bytes_sent = 0
+        self._on_starting: list[Callable[[], None]] = []
+        self._on_completed: list[Callable[[], None]] = []
+
+    def __repr__(self) -> str:
+        return f"<HttpStream {self.stream_id} {self.method} {self.raw_target!r}>"
+
+    # -- request feature ------------------------------------------------------------------
+
+    @property
+    def body_complete(self) -> bool:
+        """True once the whole body has been received (it may still be waiting to be read)."""
+        return self.body_complete_flag
+
+    @property
+    def body_buffered(self) -> int:
+        return self._body_size
+
+    @property
+    def read_started(self) -> bool:
+        return self._read_started
+
+    def read_body(self, now: float | None = None) -> bytes:
+        if not self._read_started:
+            self._read_started = True
+            self._owner.stream_read_started(self, now)
+        if not self._body:
+            return b""
+        data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body.clear()
+        self._body_size = 0
+        self._owner.stream_body_consumed(self, now)
+        return data
+
+    # Called by the owner.
+    def body_arrived(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_size += len(data)
+        self.body_received += len(data)
+
+    def discard_body(self) -> None:
+        self._body.clear()
+        self._body_size = 0
+
+    # -- max request body size feature ------------------------------------------------------
+
+    @property
+    def is_read_only(self) -> bool:
+        return self._read_started
+
+    def set_max_request_body_size(self, value: int | None) -> None:
+        if self._read_started:
+            raise LocalProtocolError(
+                "the max request body size cannot change after the app started reading the body"
+            )
+        if value is not None and value < 0:
+            raise LocalProtocolError(f"max request body size must be >= 0 or None (got {value})")
+        self.max_request_body_size = value
+
+    # -- response features ------------------------------------------------------------------
+
+    @property
+    def has_started(self) -> bool:
+        return self.response_started
+
+    def on_starting(self, callback: Callable[[], None]) -> None:
+        if self.response_started:
+            raise LocalProtocolError("on_starting after the response has started")
+        self._on_starting.append(callback)
+
+    def on_completed(self, callback: Callable[[], None]) -> None:
+        self._on_completed.append(callback)
+
+    def run_on_starting(self) -> None:
+        # ASP.NET runs these in reverse order of registration.
+        callbacks, self._on_starting = self._on_starting, []
+        for callback in reversed(callbacks):
+            callback()
+
+    def run_on_completed(self) -> None:
+        callbacks, self._on_completed = self._on_completed, []
+        for callback in reversed(callbacks):
+            callback()
+
+    @property
+    def can_write(self) -> bool:
+        return self._owner.stream_can_write(self)
+
+    def _check_writable(self) -> None:
+        if self.aborted_flag:
+            raise ClientDisconnected("the client has disconnected")
+        if self.response_complete:
+            raise LocalProtocolError("the response is already complete")
+
+    def start(self, now: float | None = None) -> None:
+        self._check_writable()
+        if not self.response_started:
+            self._owner.stream_send(self, b"", False, now)
+
+    def write(self, data: bytes, now: float | None = None) -> None:
+        self._check_writable()
+        self._owner.stream_send(self, data, False, now)
+
+    def complete(self, data: bytes = b"", now: float | None = None) -> None:
+        self._check_writable()
+        self._owner.stream_send(self, data, True, now)
+
+    # -- request lifetime feature -------------------------------------------------------------
+
+    @property
+    def aborted(self) -> bool:
+        return self.aborted_flag
+
+    def abort(self) -> None:
+        """Abort the exchange: the client sees the connection (or stream) reset."""
+        if not self.aborted_flag:
+            self.aborted_flag = True
+            self._owner.stream_abort(self)

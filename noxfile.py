@@ -1,0 +1,34 @@
+"""Sessions: `nox` runs lint, typecheck and tests; `nox -s bench` runs the benchmarks."""
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def lint(session):
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session):
+    session.install("mypy>=1.10", "h11>=0.16", "h2>=4.4")
+    # core/ is checked strictly on its own: it imports nothing from the rest of tiercel.
+    session.run("mypy", "--strict", "core")
+
+
+@nox.session(python=PYTHON)
+def tests(session):
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session):
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/run.py", *session.posargs)
