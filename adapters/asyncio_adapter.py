@@ -13,15 +13,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from typing import Any, cast
 
+from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
 from tiercel.apps.logs import LoggingObserver
 from tiercel.apps.options import ServerOptions
-from tiercel.core.asgi import ADDRESSES_EXTENSION, AsgiHttpCycle, http_scope
+from tiercel.core.asgi import (
+    ADDRESSES_EXTENSION,
+    INFORMATIONAL_EXTENSION,
+    AsgiHttpCycle,
+    http_scope,
+)
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
+from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 
 from .sockets import Listener, bind_endpoints
@@ -32,8 +40,9 @@ ASGIApp = Callable[..., Coroutine[Any, Any, None]]
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, server: AsyncioServer) -> None:
+    def __init__(self, server: AsyncioServer, listener: Listener) -> None:
         self._server = server
+        self._listener = listener
         self._loop = server.loop
         self._conn: EngineConnection | None = None
         self._transport: asyncio.Transport | None = None
@@ -61,7 +70,9 @@ class _Connection(asyncio.Protocol):
             local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
             remote_address=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
         )
-        self._conn = open_connection(server.context, info, self._loop.time())
+        self._conn = open_connection(
+            server.context, info, self._loop.time(), self._listener.settings
+        )
         server.connections.add(self)
         if server.stopping:
             self._conn.shutdown(self._loop.time())
@@ -111,17 +122,26 @@ class _Connection(asyncio.Protocol):
     def _sync(self) -> None:
         conn = self._conn
         transport = self._transport
-        if conn is None or transport is None or self._closed:
+        if conn is None or transport is None:
+            return
+        if self._closed:
+            if conn.should_abort:
+                transport.abort()
             return
         events = conn.pop_events()
         if events:
             self._dispatch(events)
+        if conn.should_abort:
+            self._closed = True
+            transport.abort()
+            return
         data = conn.data_to_send()
         if data:
             transport.write(data)
         if conn.should_close:
             self._closed = True
             transport.close()
+            self._arm_timer()  # the last flush is bounded by the engine's write deadline
             return
         wants_read = conn.wants_read
         if wants_read != self._reading:
@@ -213,11 +233,15 @@ class _Connection(asyncio.Protocol):
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception("exception in ASGI app while serving %s %s", stream.method, stream.path)
+            log.exception(
+                "exception in ASGI app while serving %s %s",
+                stream.method,
+                escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
+            )
         finally:
             problem = cycle.app_finished(loop.time())
             if problem:
-                log.error("%s %s: %s", stream.method, stream.path, problem)
+                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
             self._waiters.pop(stream, None)
             self._sync()
 
@@ -241,6 +265,7 @@ class AsyncioServer:
         self._stop_requested: asyncio.Event | None = None
         self._stopped = False
         self._background: set[asyncio.Task[None]] = set()
+        self.endpoints: EndpointManager | None = None
         self.loop: asyncio.AbstractEventLoop  # set by start()
 
     @property
@@ -252,16 +277,18 @@ class AsyncioServer:
         self._stop_requested = asyncio.Event()
         self.listeners = bind_endpoints(list(self.options.endpoints))
         try:
+            self.endpoints = EndpointManager(self.options, self.listeners)
             addresses = [listener.url for listener in self.listeners]
             self.context.addresses.addresses[:] = addresses
             self.extensions[ADDRESSES_EXTENSION] = {"addresses": addresses}
+            self.extensions[INFORMATIONAL_EXTENSION] = {}
             await self.lifespan.startup(self._spawn)
             self.lifespan_state = self.lifespan.state if self.options.lifespan != "off" else None
             self._ticker = self.loop.create_task(self._tick())
             for listener in self.listeners:
                 self._servers.append(
                     await self.loop.create_server(
-                        lambda: _Connection(self), sock=listener.sock, start_serving=True
+                        partial(_Connection, self, listener), sock=listener.sock, start_serving=True
                     )
                 )
         except BaseException:
@@ -275,8 +302,12 @@ class AsyncioServer:
         task.add_done_callback(self._background.discard)
 
     async def _tick(self) -> None:
+        seconds = 0
         while True:
             self.context.tick(time.time())
+            seconds += 1
+            if seconds % 2 == 0 and self.endpoints is not None:
+                self.endpoints.poll()  # certificate files changed: reload them
             await asyncio.sleep(1.0 - time.time() % 1.0)
 
     def start_request(self, connection: _Connection, stream: HttpStream) -> None:
@@ -301,8 +332,8 @@ class AsyncioServer:
     async def stop(self) -> None:
         """Graceful stop: stop accepting, finish in-flight requests (up to the shutdown
         timeout), close every connection, run the app's lifespan shutdown."""
-        if self._stopped:
-            return
+        if self._stopped or not hasattr(self, "loop"):
+            return  # stopped already, or never started
         self._stopped = True
         self.stopping = True
         for server in self._servers:

@@ -8,9 +8,10 @@ import errno
 import os
 import socket
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tiercel.core.addresses import Endpoint, format_address
+from tiercel.core.connection import EndpointSettings
 from tiercel.core.errors import TiercelError
 
 BACKLOG = 2048
@@ -25,6 +26,10 @@ class Listener:
     sock: socket.socket
     url: str  # the address actually bound, e.g. http://127.0.0.1:43121
     unix_path: str | None = None
+    endpoint: Endpoint | None = None  # what the user asked for
+    # The engine's per-endpoint settings (protocols, TLS); the host sets and may replace them
+    # (certificate reload), and each new connection reads the current value.
+    settings: EndpointSettings = field(default_factory=EndpointSettings)
 
     def close(self) -> None:
         self.sock.close()
@@ -91,7 +96,7 @@ def _unix(endpoint: Endpoint) -> Listener:
     except OSError as exc:
         sock.close()
         raise _explain(endpoint, path, exc) from None
-    return Listener(sock, f"unix:{path}", unix_path=path)
+    return Listener(sock, f"unix:{path}", unix_path=path, endpoint=endpoint)
 
 
 def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
@@ -129,10 +134,11 @@ def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
                         sock = _tcp(endpoint, "0.0.0.0", endpoint.port)
                     else:
                         raise _explain(
-                            endpoint, format_address("http", host, endpoint.port), exc
+                            endpoint, format_address(endpoint.scheme, host, endpoint.port), exc
                         ) from None
                 bound_host, bound_port = sock.getsockname()[:2]
-                listeners.append(Listener(sock, format_address("http", bound_host, bound_port)))
+                url = format_address(endpoint.scheme, bound_host, bound_port)
+                listeners.append(Listener(sock, url, endpoint=endpoint))
     except BaseException:
         for listener in listeners:
             listener.close()

@@ -14,6 +14,7 @@ from tiercel.core.errors import ConfigError
 
 from . import logs
 from .options import ADAPTERS, LIFESPAN_MODES, LOOPS, ServerOptions
+from .tls import CertificateFiles, TlsOptions
 
 EXAMPLES = """\
 examples:
@@ -23,6 +24,8 @@ examples:
   tiercel app:app --urls "http://0.0.0.0:8080;unix:/run/app.sock"
   TIERCEL_URLS=http://[::]:0 tiercel app:app   any free port on every interface
   tiercel app:app --max-request-body-size 1000000 --keep-alive-timeout 30
+  tiercel app:app --urls https://0.0.0.0:8443 --certfile cert.pem --keyfile key.pem
+                                            HTTPS with HTTP/2 (ALPN); SIGHUP reloads the files
 
 Limits and timeouts default to Kestrel's (body 30,000,000 bytes, headers 32 KiB, keep-alive 130 s,
 request headers 30 s, minimum body and response data rates 240 bytes/s after 5 s).
@@ -98,6 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lifespan", choices=LIFESPAN_MODES, default="auto")
     parser.add_argument("--root-path", default="", help="path base the app is mounted at")
+    parser.add_argument(
+        "--protocols",
+        choices=("http1", "http2", "http1andhttp2"),
+        type=str.lower,
+        default="http1andhttp2",
+        help="HTTP versions per endpoint; on cleartext both means h1 plus prior-knowledge h2c",
+    )
+    tls = parser.add_argument_group("TLS (for https:// URLs)")
+    tls.add_argument("--certfile", help="PEM certificate (chain) for https:// URLs")
+    tls.add_argument("--keyfile", help="PEM private key, if not inside --certfile")
+    tls.add_argument("--keyfile-password", help="password of an encrypted key")
+    tls.add_argument(
+        "--sni",
+        action="append",
+        default=[],
+        metavar="HOST=CERT[,KEY]",
+        help="a certificate for one host name (exact or *.example.com); repeatable",
+    )
+    tls.add_argument(
+        "--client-certificate-mode", choices=("none", "allow", "require"), default="none"
+    )
+    tls.add_argument("--ca-certs", help="CA bundle that client certificates must chain to")
+    tls.add_argument("--handshake-timeout", type=_seconds, default=10.0, metavar="SECONDS")
     limits = parser.add_argument_group("limits and timeouts")
     limits.add_argument("--max-request-body-size", type=_size, metavar="BYTES")
     limits.add_argument("--max-request-line-size", type=_count, metavar="BYTES")
@@ -145,7 +171,27 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         server_header=None if args.no_server_header else "tiercel",
         root_path=args.root_path,
     )
+    tls = None
+    if args.certfile:
+        sni = {}
+        for item in args.sni:
+            host, sep, files = item.partition("=")
+            if not sep or not host or not files:
+                raise ConfigError(f"--sni {item!r}: write HOST=CERT or HOST=CERT,KEY")
+            cert, _, key = files.partition(",")
+            sni[host] = CertificateFiles(cert, key or None, args.keyfile_password)
+        tls = TlsOptions(
+            default=CertificateFiles(args.certfile, args.keyfile, args.keyfile_password),
+            sni=sni,
+            client_certificate_mode=args.client_certificate_mode,
+            ca_certs=args.ca_certs,
+            handshake_timeout=args.handshake_timeout or 10.0,
+        )
+    elif args.sni or args.keyfile:
+        raise ConfigError("--keyfile and --sni need --certfile (the default certificate)")
     return ServerOptions(
+        protocols=args.protocols,
+        tls=tls,
         urls=args.urls or os.environ.get("TIERCEL_URLS") or DEFAULT_URLS,
         adapter=args.adapter,
         loop=args.loop,

@@ -14,6 +14,7 @@ from tiercel.core.config import EngineConfig, Limits
 from tiercel.core.errors import ConfigError
 
 from .options import ServerOptions
+from .tls import TlsOptions
 
 log = logging.getLogger("tiercel.error")
 
@@ -48,6 +49,8 @@ class Server:
         shutdown_timeout: float = 30.0,
         access_log: bool = True,
         lifespan: str = "auto",
+        protocols: str = "http1andhttp2",
+        tls: TlsOptions | None = None,
         options: ServerOptions | None = None,
     ) -> None:
         self.options = options or ServerOptions(
@@ -60,10 +63,17 @@ class Server:
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
             lifespan=lifespan,
+            protocols=protocols,
+            tls=tls,
         )
         from tiercel.adapters.asyncio_adapter import AsyncioServer
 
         self._impl = AsyncioServer(app, self.options)
+
+    def reload_certificates(self) -> bool:
+        """Reload the https certificates from their files (what SIGHUP does)."""
+        endpoints = self._impl.endpoints
+        return endpoints is not None and endpoints.reload_certificates()
 
     @property
     def addresses(self) -> list[str]:
@@ -91,22 +101,50 @@ class Server:
 
     async def _run_with_signals(self, on_started: Callable[[list[str]], None] | None) -> None:
         loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
         signals_seen = 0
+        starting = True
+        forced = False
 
         def on_signal() -> None:
-            nonlocal signals_seen
+            nonlocal signals_seen, forced
             signals_seen += 1
-            if signals_seen == 1:
+            if starting:
+                # start() may be waiting on the app's lifespan startup, which may never end.
+                log.info("stopping before start-up completed")
+                forced = True
+                if main is not None:
+                    main.cancel()
+            elif signals_seen == 1:
                 log.info("shutting down (finishing requests in flight; signal again to force)")
                 self.request_stop()
             else:
                 log.warning("forced shutdown")
                 for connection in list(self._impl.connections):
                     connection.abort()
+                # stop() may be waiting on the app's lifespan shutdown, which may never end.
+                forced = True
+                if main is not None:
+                    main.cancel()
+
+        def on_hangup() -> None:
+            endpoints = self._impl.endpoints
+            if endpoints is not None and endpoints.store is not None:
+                endpoints.reload_certificates()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
-        await self._impl.start()
-        if on_started is not None:
-            on_started(self.addresses)
-        await self._impl.serve_started()
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        try:
+            await self._impl.start()
+            starting = False
+            if on_started is not None:
+                on_started(self.addresses)
+            await self._impl.serve_started()
+        except asyncio.CancelledError:
+            if not forced or main is None or main.uncancel() > 0:
+                raise
+        finally:
+            if forced:
+                for listener in self._impl.listeners:
+                    listener.close()  # also removes unix socket files

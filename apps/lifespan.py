@@ -62,6 +62,9 @@ class Lifespan:
         message = await self._next_message()
         if message is not None and message["type"] == "lifespan.shutdown.failed":
             log.error("the app's shutdown failed: %s", message.get("message", ""))
+        await self._to_app.aclose()
+        if self._from_app is not None:
+            await self._from_app.aclose()
 
     async def _next_message(self) -> dict[str, Any] | None:
         assert self._from_app is not None

@@ -6,11 +6,21 @@ from dataclasses import dataclass, field
 
 from tiercel.core.addresses import DEFAULT_URLS, Endpoint, parse_urls
 from tiercel.core.config import EngineConfig
+from tiercel.core.connection import HTTP1, HTTP2
 from tiercel.core.errors import ConfigError
+from tiercel.core.http2 import Http2Limits
+
+from .tls import TlsOptions
 
 ADAPTERS = ("asyncio",)
 LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPAN_MODES = ("auto", "on", "off")
+# Kestrel's HttpProtocols names, case-insensitive.
+PROTOCOLS = {
+    "http1": frozenset({HTTP1}),
+    "http2": frozenset({HTTP2}),
+    "http1andhttp2": frozenset({HTTP1, HTTP2}),
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,9 @@ class ServerOptions:
     shutdown_timeout: float = 30.0
     access_log: bool = True
     lifespan: str = "auto"
+    protocols: str = "http1andhttp2"
+    tls: TlsOptions | None = None
+    http2: Http2Limits = field(default_factory=Http2Limits)
     endpoints: tuple[Endpoint, ...] = ()
 
     def __post_init__(self) -> None:
@@ -40,5 +53,23 @@ class ServerOptions:
             raise ConfigError(
                 f"shutdown_timeout must be >= 0 seconds (got {self.shutdown_timeout})"
             )
+        if self.protocols.lower() not in PROTOCOLS:
+            raise ConfigError(
+                f"unknown protocols {self.protocols!r}; choose one of: {', '.join(PROTOCOLS)}"
+            )
         if not self.endpoints:
-            object.__setattr__(self, "endpoints", tuple(parse_urls(self.urls)))
+            try:
+                endpoints = parse_urls(self.urls)
+            except ConfigError:
+                raise
+            except ValueError as exc:  # e.g. urlsplit's "Invalid IPv6 URL" for "http://[::1"
+                raise ConfigError(f"invalid listen URL in {self.urls!r}: {exc}") from None
+            object.__setattr__(self, "endpoints", tuple(endpoints))
+        if self.tls is None and any(e.scheme == "https" for e in self.endpoints):
+            raise ConfigError(
+                "an https:// URL needs a certificate: give --certfile (and --keyfile)"
+            )
+
+    @property
+    def protocol_set(self) -> frozenset[str]:
+        return PROTOCOLS[self.protocols.lower()]

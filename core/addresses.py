@@ -19,7 +19,7 @@ DEFAULT_URLS = "http://localhost:5000"
 @dataclass(frozen=True, slots=True)
 class Endpoint:
     url: str  # as the user wrote it
-    scheme: str  # "http" or "unix"
+    scheme: str  # "http", "https" or "unix"
     host: str | None  # None for unix sockets
     port: int
     kind: str  # "localhost", "any", "ip", "unix"
@@ -29,7 +29,7 @@ class Endpoint:
         if self.kind == "localhost":
             return ["127.0.0.1", "::1"]
         if self.kind == "any":
-            return ["::"] if self.host in ("::", None) or self.host != "0.0.0.0" else ["0.0.0.0"]
+            return ["0.0.0.0"] if self.host == "0.0.0.0" else ["::"]
         return [self.host or ""]
 
 
@@ -46,36 +46,41 @@ def parse_url(url: str) -> Endpoint:
         if not path.startswith("/"):
             raise _bad(url, "a unix socket needs an absolute path, e.g. unix:/run/tiercel.sock")
         return Endpoint(url, "unix", None, 0, "unix", unix_path=path)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
     scheme = parts.scheme.lower()
-    if scheme == "https":
-        raise _bad(url, "https:// endpoints are not supported yet; use http:// for now")
-    if scheme != "http":
-        raise _bad(url, "the scheme must be http:// or unix:")
+    if scheme not in ("http", "https"):
+        raise _bad(url, "the scheme must be http://, https:// or unix:")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise _bad(url, "a listen URL cannot have a path; use --root-path for a path base")
     netloc = parts.netloc
-    if not netloc:
-        raise _bad(url, "no host; write e.g. http://localhost:5000")
+    if "@" in netloc:
+        raise _bad(url, "a listen URL cannot carry a user name or password")
+    if not netloc or netloc.startswith(":"):
+        raise _bad(url, "no host; write e.g. http://localhost:5000 or http://0.0.0.0:5000")
     if netloc.startswith("["):
         close = netloc.find("]")
         if close == -1:
             raise _bad(url, "unclosed '[' in an IPv6 address")
         host, rest = netloc[1:close], netloc[close + 1 :]
     else:
-        host, _, port_text = netloc.rpartition(":")
-        if not host:
+        host, colon, port_text = netloc.rpartition(":")
+        if not colon:
             host, port_text = port_text, ""
-        rest = ":" + port_text if port_text else ""
+        rest = colon + port_text
     if rest and not rest.startswith(":"):
         raise _bad(url, "unexpected text after the host")
     port_text = rest[1:]
+    if rest == ":":
+        raise _bad(url, "empty port after ':'; give a number, or 0 for any free port")
     if port_text:
         if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
             raise _bad(url, f"port {port_text!r} is not a number from 0 to 65535")
         port = int(port_text)
     else:
-        port = 80
+        port = 443 if scheme == "https" else 80
     lowered = host.lower()
     if lowered == "localhost":
         if port == 0:
@@ -84,15 +89,19 @@ def parse_url(url: str) -> Endpoint:
                 "localhost with port 0 would bind two different ports; "
                 "use http://127.0.0.1:0 or http://[::1]:0",
             )
-        return Endpoint(url, "http", "localhost", port, "localhost")
+        return Endpoint(url, scheme, "localhost", port, "localhost")
+    if not host:
+        raise _bad(url, "no host; write e.g. http://localhost:5000")
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
+        if ":" in host or netloc.startswith("["):
+            raise _bad(url, f"{host!r} is not an IPv6 address") from None
         # Kestrel treats any other host name (including * and +) as "every interface".
-        return Endpoint(url, "http", None, port, "any")
+        return Endpoint(url, scheme, None, port, "any")
     if address.is_unspecified:
-        return Endpoint(url, "http", str(address), port, "any")
-    return Endpoint(url, "http", str(address), port, "ip")
+        return Endpoint(url, scheme, str(address), port, "any")
+    return Endpoint(url, scheme, str(address), port, "ip")
 
 
 def parse_urls(text: str) -> list[Endpoint]:

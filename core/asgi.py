@@ -21,6 +21,8 @@ ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 DISCONNECT: Mapping[str, Any] = {"type": "http.disconnect"}
 
 ADDRESSES_EXTENSION = "tiercel.server_addresses"
+TRAILERS_EXTENSION = "http.response.trailers"
+INFORMATIONAL_EXTENSION = "http.response.informational"
 
 
 def server_tuple(local: tuple[str, int] | str | None) -> tuple[str, int | None] | None:
@@ -36,6 +38,8 @@ def http_scope(
 ) -> Message:
     """The ``http`` scope. ``path`` includes ``root_path``, as the ASGI spec asks."""
     path_base = stream.path_base
+    if stream.accepts_trailers:
+        extensions = {**extensions, TRAILERS_EXTENSION: {}}
     scope: Message = {
         "type": "http",
         "asgi": ASGI_VERSION,
@@ -84,12 +88,14 @@ def _headers(value: Any) -> Headers:
 
 
 class AsgiHttpCycle:
-    __slots__ = ("_request_delivered", "_start_received", "stream")
+    __slots__ = ("_body_done", "_request_delivered", "_start_received", "_trailers", "stream")
 
     def __init__(self, stream: HttpStream) -> None:
         self.stream = stream
         self._start_received = False
         self._request_delivered = False
+        self._trailers = False  # the app announced trailers in http.response.start
+        self._body_done = False
 
     def receive(self, now: float | None = None) -> Mapping[str, Any] | None:
         stream = self.stream
@@ -126,12 +132,46 @@ class AsgiHttpCycle:
                     raise LocalProtocolError(f"ASGI: 'body' must be bytes (got {type(body)})")
             if stream.aborted_flag:
                 raise ClientDisconnected("the client has disconnected")
-            if stream.response_complete:
+            if stream.response_complete or self._body_done:
                 raise LocalProtocolError("ASGI: message sent after the response was complete")
             if message.get("more_body", False):
                 stream.write(body, now)
+            elif self._trailers:
+                self._body_done = True  # the stream ends with http.response.trailers
+                stream.write(body, now)
             else:
                 stream.complete(body, now)
+        elif kind == "http.response.trailers":
+            if not self._trailers:
+                raise LocalProtocolError(
+                    "ASGI: 'http.response.trailers' without 'trailers': True in the start message"
+                )
+            if stream.aborted_flag:
+                raise ClientDisconnected("the client has disconnected")
+            if stream.response_complete:
+                raise LocalProtocolError("ASGI: message sent after the response was complete")
+            headers = _headers(message.get("headers"))
+            if message.get("more_trailers", False):
+                raise LocalProtocolError(
+                    "ASGI: 'more_trailers' is not supported; send them at once"
+                )
+            if not self._body_done:
+                raise LocalProtocolError("ASGI: trailers sent before the body was complete")
+            # A client that did not ask for trailers (te: trailers) does not get them.
+            stream.complete(b"", now, headers if stream.accepts_trailers else None)
+        elif kind == "http.response.informational":
+            if self._start_received:
+                raise LocalProtocolError(
+                    "ASGI: 'http.response.informational' after 'http.response.start'"
+                )
+            status = message.get("status")
+            if isinstance(status, bool) or not isinstance(status, int):
+                raise LocalProtocolError(
+                    f"ASGI: informational 'status' must be an int ({status!r})"
+                )
+            if stream.aborted_flag:
+                raise ClientDisconnected("the client has disconnected")
+            stream.send_informational(status, _headers(message.get("headers")))
         elif kind == "http.response.start":
             if self._start_received:
                 raise LocalProtocolError("ASGI: 'http.response.start' sent twice")
@@ -144,12 +184,20 @@ class AsgiHttpCycle:
                 raise ClientDisconnected("the client has disconnected")
             stream.status = status
             stream.response_headers = _headers(message.get("headers"))
+            self._trailers = bool(message.get("trailers", False))
             self._start_received = True
         else:
             raise LocalProtocolError(f"ASGI: unexpected message type {kind!r} in an http scope")
 
     def app_finished(self, now: float | None = None) -> str | None:
         """The app returned or raised. Fix up what it left undone; say what, for the log."""
+        stream = self.stream
+        try:
+            return self._fix_up(now)
+        finally:
+            stream.finish()
+
+    def _fix_up(self, now: float | None) -> str | None:
         stream = self.stream
         if stream.response_complete or stream.aborted_flag:
             return None

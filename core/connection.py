@@ -1,16 +1,26 @@
 """What an adapter drives: one engine connection per accepted transport.
 
-``open_connection`` picks the protocol engine for a new connection. Today that is HTTP/1.1;
-TLS and HTTP/2 slot in here so that adapters never change.
+``open_connection`` picks the protocol for a new connection from its endpoint's settings:
+TLS endpoints let ALPN decide between HTTP/2 and HTTP/1.1; cleartext endpoints that allow both
+look at the first bytes, so one port serves HTTP/1.1 and prior-knowledge h2c (the client's
+connection preface is unmistakable). Adapters never see which protocol runs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .context import ServerContext, TransportInfo
+from .errors import ConfigError
 from .events import Event
 from .http1 import Http1Protocol
+from .http2 import PREFACE, Http2Limits, Http2Protocol
+from .switching import rebind
+from .tls import TlsConnection, TlsSettings
+
+HTTP1 = "http/1.1"
+HTTP2 = "h2"
 
 
 class EngineConnection(Protocol):
@@ -34,7 +44,14 @@ class EngineConnection(Protocol):
     def wants_read(self) -> bool: ...
 
     @property
-    def should_close(self) -> bool: ...
+    def should_close(self) -> bool:
+        """Close the transport once ``data_to_send`` is written."""
+        ...
+
+    @property
+    def should_abort(self) -> bool:
+        """Drop whatever is unsent and reset the transport now."""
+        ...
 
     @property
     def is_idle(self) -> bool: ...
@@ -44,7 +61,144 @@ class EngineConnection(Protocol):
     def shutdown(self, now: float) -> list[Event]: ...
 
 
-def open_connection(
-    context: ServerContext, transport: TransportInfo, now: float
+@dataclass(frozen=True, slots=True)
+class EndpointSettings:
+    """Per-endpoint protocol settings (Kestrel's ListenOptions)."""
+
+    protocols: frozenset[str] = frozenset({HTTP1, HTTP2})
+    tls: TlsSettings | None = None
+    http2: Http2Limits = field(default_factory=Http2Limits)
+
+    def __post_init__(self) -> None:
+        unknown = self.protocols - {HTTP1, HTTP2}
+        if unknown or not self.protocols:
+            raise ConfigError(
+                f"protocols must be a non-empty set of {HTTP1!r} and {HTTP2!r} "
+                f"(got {sorted(self.protocols)})"
+            )
+
+
+DEFAULT_ENDPOINT = EndpointSettings()
+
+
+def _by_name(
+    name: str | None,
+    context: ServerContext,
+    transport: TransportInfo,
+    now: float,
+    endpoint: EndpointSettings,
 ) -> EngineConnection:
-    return Http1Protocol(context, transport, now)
+    if name == HTTP2 or (name is None and HTTP1 not in endpoint.protocols):
+        return Http2Protocol(context, transport, now, endpoint.http2)
+    # h2c Upgrade is for cleartext endpoints that speak both (ALPN decides on TLS).
+    upgrade = endpoint.http2 if HTTP2 in endpoint.protocols and endpoint.tls is None else None
+    return Http1Protocol(context, transport, now, h2c_upgrade=upgrade)
+
+
+def open_connection(
+    context: ServerContext,
+    transport: TransportInfo,
+    now: float,
+    endpoint: EndpointSettings = DEFAULT_ENDPOINT,
+) -> EngineConnection:
+    if endpoint.tls is not None:
+
+        def inner(alpn: str | None, info: TransportInfo, at: float) -> EngineConnection:
+            return _by_name(alpn, context, info, at, endpoint)
+
+        return TlsConnection(context, transport, now, endpoint.tls, inner)
+    if endpoint.protocols == {HTTP1}:
+        return Http1Protocol(context, transport, now)
+    if endpoint.protocols == {HTTP2}:
+        return Http2Protocol(context, transport, now, endpoint.http2)
+    return PrefaceSniffer(context, transport, now, endpoint)
+
+
+class PrefaceSniffer:
+    """Holds the first bytes of a cleartext connection until they show HTTP/2's preface or
+    not, then hands everything to the chosen protocol and gets out of the way: its methods are
+    rebound to the chosen protocol's, so later calls cost nothing extra."""
+
+    def __init__(
+        self,
+        context: ServerContext,
+        transport: TransportInfo,
+        now: float,
+        endpoint: EndpointSettings,
+    ) -> None:
+        self._context = context
+        self._transport = transport
+        self._endpoint = endpoint
+        self._buffer = b""
+        self._inner: EngineConnection | None = None
+        self._deadline = now + context.config.limits.keep_alive_timeout
+        self._closed = False
+        self.connection_id = ""
+
+    def _choose(self, now: float) -> EngineConnection | None:
+        buffer = self._buffer
+        if len(buffer) < len(PREFACE) and PREFACE.startswith(buffer):
+            return None
+        name = HTTP2 if buffer.startswith(PREFACE) else HTTP1
+        inner = _by_name(name, self._context, self._transport, now, self._endpoint)
+        self._inner = inner
+        if isinstance(inner, Http1Protocol):
+            inner.front = self  # an h2c upgrade later rebinds this object, not just inner
+        rebind(self, inner)
+        return inner
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        if not data:
+            self._closed = True
+            return []
+        self._buffer += data
+        inner = self._choose(now)
+        if inner is None:
+            return []
+        buffered, self._buffer = self._buffer, b""
+        return inner.receive_data(buffered, now)
+
+    def connection_lost(self, now: float) -> list[Event]:
+        self._closed = True
+        return []
+
+    def on_timer(self, now: float) -> list[Event]:
+        if now >= self._deadline:
+            self._closed = True
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None if self._closed else self._deadline
+
+    def data_to_send(self) -> bytes:
+        return b""
+
+    def pop_events(self) -> list[Event]:
+        return []
+
+    @property
+    def wants_read(self) -> bool:
+        inner = self._inner
+        return not self._closed if inner is None else inner.wants_read
+
+    @property
+    def should_close(self) -> bool:
+        inner = self._inner
+        return self._closed if inner is None else inner.should_close
+
+    @property
+    def should_abort(self) -> bool:
+        inner = self._inner
+        return False if inner is None else inner.should_abort
+
+    @property
+    def is_idle(self) -> bool:
+        inner = self._inner
+        return True if inner is None else inner.is_idle
+
+    def set_write_blocked(self, blocked: bool, now: float, buffered: int = 0) -> None:
+        pass
+
+    def shutdown(self, now: float) -> list[Event]:
+        self._closed = True
+        return []

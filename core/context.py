@@ -17,6 +17,7 @@ from .dates import HttpDate
 
 if TYPE_CHECKING:
     from .stream import HttpStream
+    from .tls import TlsInfo
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class TransportInfo:
     local_address: tuple[str, int] | str | None = None
     remote_address: tuple[str, int] | None = None
     scheme: str = "http"
+    tls: TlsInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,14 @@ class RemoteProtocolError(TiercelError):
     short machine-friendly tag used for rejection telemetry and logs.
     """
 
-    def __init__(self, message: str, status: int = 400, reason: str = "bad_request") -> None:
+    def __init__(
+        self, message: str, status: int = 400, reason: str = "bad_request", detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
+        # Logged (escaped) but never sent back: e.g. the offending request target.
+        self.detail = detail
 
 
 class LocalProtocolError(TiercelError):

@@ -68,8 +68,10 @@ class ResponseBodyFeature(Protocol):
 
     def write(self, data: bytes, now: float | None = None) -> None: ...
 
-    def complete(self, data: bytes = b"", now: float | None = None) -> None:
-        """Write the last bytes (if any) and end the response."""
+    def complete(
+        self, data: bytes = b"", now: float | None = None, trailers: Headers | None = None
+    ) -> None:
+        """Write the last bytes (if any) and end the response, with optional trailers."""
         ...
 
 

@@ -26,7 +26,9 @@ buffered for the app (body) or waiting in the codec exceed ``max_request_buffer_
 from __future__ import annotations
 
 import itertools
+import re
 from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
@@ -43,6 +45,10 @@ from .http1_codec import (
 from .http1_head import ALLOW_ALL_BUT_CONNECT, RequestHead
 from .status import STATUS_LINES_11, reason_phrase
 from .stream import HttpStream
+from .switching import rebind
+
+if TYPE_CHECKING:
+    from .http2 import Http2Limits, Http2Protocol
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -56,12 +62,18 @@ class Phase(Enum):
 
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
 
 
 def error_response(
-    status: int, message: str, context: ServerContext, extra: Headers | None = None
+    status: int,
+    message: str,
+    context: ServerContext,
+    extra: Headers | None = None,
+    head_request: bool = False,
 ) -> bytes:
-    """A complete response the engine sends on its own, always with ``Connection: close``."""
+    """A complete response the engine sends on its own, always with ``Connection: close``.
+    An answer to HEAD keeps its Content-Length but carries no body (RFC 9110 9.3.2)."""
     body = f"{status} {reason_phrase(status).decode()}: {message}\n".encode()
     lines = [
         STATUS_LINES_11[status],
@@ -77,7 +89,7 @@ def error_response(
         b"content-type: text/plain; charset=utf-8\r\ncontent-length: ",
         str(len(body)).encode(),
         b"\r\nconnection: close\r\n\r\n",
-        body,
+        b"" if head_request else body,
     ]
     return b"".join(lines)
 
@@ -89,8 +101,16 @@ class Http1Protocol:
         transport: TransportInfo,
         now: float,
         codec: Http1Codec | None = None,
+        h2c_upgrade: Http2Limits | None = None,
     ) -> None:
         self._context = context
+        # When set, "Upgrade: h2c" requests switch this connection to HTTP/2 (RFC 7540 3.2).
+        self._h2c_upgrade = h2c_upgrade
+        self._upgrade_settings: bytes | None = None
+        self._switched: Http2Protocol | None = None
+        # The object the adapter holds for this connection (a sniffer may stand in front).
+        self.front: Any = self
+        self._chunked_response = False
         self._limits = context.config.limits
         self._transport = transport
         self.connection_id = context.next_connection_id()
@@ -110,6 +130,8 @@ class Http1Protocol:
         self._rate_paused_at: float | None = None
         # Response data rate: set while the adapter reports its write buffer as full.
         self._write_deadline: float | None = None
+        self._write_blocked = False
+        self._abort = False
         self._continue_sent = False
 
     # -- adapter interface --------------------------------------------------------------------
@@ -121,6 +143,18 @@ class Http1Protocol:
             return self.pop_events()
         if not data:
             self._peer_closed = True
+            stream = self._stream
+            if (
+                stream is not None
+                and self.phase is Phase.ACTIVE
+                and stream.body_complete_flag
+                and not stream.response_complete
+            ):
+                # A client that closes its side while the app works has gone away (as uvicorn
+                # and hypercorn treat it): the app sees http.disconnect.
+                self._close()
+                self._abort_stream(stream)
+                return self.pop_events()
         elif self.phase is Phase.IDLE:
             self._enter(Phase.HEAD, now + self._limits.request_headers_timeout)
         self._codec.receive_data(data)
@@ -138,10 +172,13 @@ class Http1Protocol:
 
     def on_timer(self, now: float) -> list[Event]:
         self._now = now
-        if self.phase is Phase.CLOSED:
-            return self.pop_events()
-        if self._write_deadline is not None and now >= self._write_deadline:
+        if self._write_deadline is not None and now >= self._write_deadline and not self._abort:
+            # The client stopped reading. Even a closed connection's last flush is bounded:
+            # the adapter drops what is unsent (should_abort) instead of waiting forever.
+            self._abort = True
             self._fail(None, "response_data_rate", "the client read the response too slowly")
+        elif self.phase is Phase.CLOSED:
+            return self.pop_events()
         elif self._phase_deadline is not None and now >= self._phase_deadline:
             if self.phase is Phase.IDLE:
                 self._close()
@@ -173,7 +210,7 @@ class Http1Protocol:
 
     def next_deadline(self) -> float | None:
         if self.phase is Phase.CLOSED:
-            return None
+            return None if self._abort else self._write_deadline
         candidates = [
             d
             for d in (self._phase_deadline, self._write_deadline, self._body_rate_deadline())
@@ -194,6 +231,8 @@ class Http1Protocol:
 
     @property
     def wants_read(self) -> bool:
+        if self._switched is not None:
+            return self._switched.wants_read
         if self.phase is Phase.CLOSED:
             return False
         if self._peer_closed:
@@ -208,20 +247,34 @@ class Http1Protocol:
     @property
     def should_close(self) -> bool:
         """True when the adapter should close the transport after sending ``data_to_send``."""
+        if self._switched is not None:
+            return self._switched.should_close
         return self.phase is Phase.CLOSED
 
     @property
     def is_idle(self) -> bool:
+        if self._switched is not None:
+            return self._switched.is_idle
         return self.phase is Phase.IDLE
 
     def set_write_blocked(self, blocked: bool, now: float, buffered: int = 0) -> None:
         """The adapter's write buffer is over (or back under) its high-water mark."""
         self._now = now
         rate = self._limits.min_response_data_rate
+        was_blocked, self._write_blocked = self._write_blocked, blocked
         if not blocked or rate is None:
             self._write_deadline = None
         elif self._write_deadline is None:
             self._write_deadline = now + max(rate.grace_period, buffered / rate.bytes_per_second)
+        if was_blocked and not blocked and self._stream is None:
+            self._pump()  # pipelined requests held back while the client was not reading
+
+    @property
+    def should_abort(self) -> bool:
+        """True when the adapter should drop unsent bytes and reset the connection."""
+        if self._switched is not None:
+            return self._switched.should_abort
+        return self._abort
 
     def shutdown(self, now: float) -> list[Event]:
         """Graceful stop: close when idle, otherwise after the response in flight."""
@@ -244,6 +297,8 @@ class Http1Protocol:
             while self.phase is not Phase.CLOSED:
                 stream = self._stream
                 if stream is None:
+                    if self._write_blocked:
+                        return  # answer no new request while the client is not reading ours
                     event = codec.next_event()
                     if event is NEED_DATA:
                         if codec.buffered_size and self.phase is Phase.IDLE:
@@ -260,7 +315,10 @@ class Http1Protocol:
                 if self.phase is Phase.ACTIVE:
                     if stream.body_complete_flag:
                         return
-                    if stream.body_buffered >= self._limits.max_request_buffer_size:
+                    if (
+                        stream.body_buffered >= self._limits.max_request_buffer_size
+                        and self._upgrade_settings is None
+                    ):
                         self._pause_body_rate()
                         return
                     event = codec.next_event()
@@ -269,6 +327,9 @@ class Http1Protocol:
                     elif isinstance(event, EndOfBody):
                         stream.body_complete_flag = True
                         self._rate_start = None
+                        if self._upgrade_settings is not None:
+                            self._switch_to_h2(stream)
+                            return
                         self._wake(stream)
                     else:
                         return
@@ -323,8 +384,78 @@ class Http1Protocol:
         self._drained = 0
         self._rate_start = None
         self._rate_paused_at = None
+        self._chunked_response = False
         self._enter(Phase.ACTIVE, None)
+        settings = self._h2c_settings(head)
+        if settings is not None:
+            # The request is answered over HTTP/2 once its body (if any) is read.
+            self._upgrade_settings = settings
+            if stream.body_complete_flag:
+                self._switch_to_h2(stream)
+            return
         self._events.append(RequestReceived(stream))
+
+    def _h2c_settings(self, head: RequestHead) -> bytes | None:
+        """The HTTP2-Settings value when this request may upgrade to h2c, else None."""
+        if self._h2c_upgrade is None:
+            return None
+        upgrade = settings = None
+        tokens: list[bytes] = []
+        for name, value in head.headers:
+            if name == b"upgrade":
+                upgrade = value.lower()
+            elif name == b"http2-settings":
+                if settings is not None:
+                    return None
+                settings = value
+            elif name == b"connection":
+                tokens.extend(t.strip().lower() for t in value.split(b","))
+        if upgrade is None or b"h2c" not in [u.strip() for u in upgrade.split(b",")]:
+            return None
+        if settings is None or b"upgrade" not in tokens or b"http2-settings" not in tokens:
+            return None
+        # Upgrade only when the body is known to be small: it must be read before switching
+        # (RFC 7540 3.2); otherwise the request is simply served over HTTP/1.1.
+        if head.chunked or (head.content_length or 0) > self._limits.max_request_buffer_size:
+            return None
+        if _BASE64URL.fullmatch(settings) is None:
+            return None
+        return settings
+
+    def _switch_to_h2(self, stream: HttpStream) -> None:
+        from .http2 import Http2Protocol
+
+        assert self._h2c_upgrade is not None and self._upgrade_settings is not None
+        leftover = self._codec.take_remaining()
+        h2 = Http2Protocol.for_upgrade(
+            self._context,
+            self._transport,
+            self._now,
+            limits=self._h2c_upgrade,
+            settings_header=self._upgrade_settings,
+            request=stream,
+            body=stream.read_body(self._now),
+        )
+        switching = b"".join(self._out) + (
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+        )
+        self._out.clear()
+        self._switched = h2
+        fronts: list[Any] = list({id(x): x for x in (self, self.front)}.values())
+        pending = [switching]
+
+        def first_data_to_send() -> bytes:
+            # The 101 goes out before HTTP/2's first frames, once; then h2 alone.
+            for front in fronts:
+                front.data_to_send = h2.data_to_send
+            return (pending.pop() if pending else b"") + h2.data_to_send()
+
+        for front in fronts:
+            rebind(front, h2)
+            front.data_to_send = first_data_to_send
+        if leftover:
+            h2.receive_data(leftover, self._now)
+        self._enter(Phase.CLOSED, None)
 
     def _body_arrived(self, stream: HttpStream, data: bytes) -> None:
         stream.body_arrived(data)
@@ -390,21 +521,39 @@ class Http1Protocol:
     def stream_can_write(self, stream: HttpStream) -> bool:
         return not stream.aborted_flag
 
+    def stream_finished(self, stream: HttpStream) -> None:
+        """Nothing to release: HTTP/1.1 serves one stream at a time and tracks it by phase."""
+
     def stream_abort(self, stream: HttpStream) -> None:
         if stream is self._stream and self.phase is not Phase.CLOSED:
             self._record(None, "aborted_by_app", "the app aborted the request")
             self._close()
         self._wake(stream)
 
-    def stream_send(self, stream: HttpStream, data: bytes, end: bool, now: float | None) -> None:
+    def stream_send(
+        self,
+        stream: HttpStream,
+        data: bytes,
+        end: bool,
+        now: float | None,
+        trailers: Headers | None = None,
+    ) -> None:
         if now is not None:
             self._now = now
         if not stream.response_started:
-            self._send_head(stream, data, end)
+            self._send_head(stream, data, end and not trailers)
         else:
             self._send_data(stream, data, end)
         if end:
-            self._response_done(stream)
+            if trailers:
+                validate_response_headers(trailers)
+            # Trailers need chunked framing; with Content-Length they are dropped.
+            self._response_done(stream, trailers if self._chunked_response else None)
+
+    def stream_informational(self, stream: HttpStream, status: int, headers: Headers) -> None:
+        validate_response_headers(headers)
+        if stream.http_version == "1.1":  # HTTP/1.0 clients do not expect 1xx responses
+            self._out.append(self._codec.send_informational(status, headers))
 
     # -- internals: output --------------------------------------------------------------------
 
@@ -435,9 +584,14 @@ class Http1Protocol:
         if not has_server and self._context.server_header:
             extra.append((b"server", self._context.server_header))
         body_allowed = self._body_allowed(stream)
-        if end and not has_length and body_allowed:
+        if end and not has_length and (body_allowed or (stream.method == "HEAD" and data)):
+            # For HEAD, the length of the body the app produced (and we drop) is what GET
+            # would have said.
             extra.append((b"content-length", str(len(data)).encode()))
-        if self._shutting_down:
+        self._chunked_response = (
+            not has_length and not end and body_allowed and stream.http_version == "1.1"
+        )
+        if self._shutting_down or self._closes_after(stream):
             extra.append((b"connection", b"close"))
         reason = stream.reason.encode("latin-1") if stream.reason else reason_phrase(status)
         stream.response_started = True
@@ -446,13 +600,25 @@ class Http1Protocol:
             self._out.append(self._codec.send_data(data))
             stream.bytes_sent += len(data)
 
+    def _closes_after(self, stream: HttpStream) -> bool:
+        """Whether the connection will close after this response because of its request body:
+        a 100-continue never sent, or more unread body than draining allows."""
+        if stream.body_complete_flag:
+            return False
+        if stream.expect_continue and not self._continue_sent:
+            return True
+        length = stream.request_content_length
+        if stream.read_started or length is None:
+            return False
+        return length - stream.body_received > self._limits.max_drain_size
+
     def _send_data(self, stream: HttpStream, data: bytes, end: bool) -> None:
         if data and self._body_allowed(stream):
             self._out.append(self._codec.send_data(data))
             stream.bytes_sent += len(data)
 
-    def _response_done(self, stream: HttpStream) -> None:
-        self._out.append(self._codec.send_end())
+    def _response_done(self, stream: HttpStream, trailers: Headers | None = None) -> None:
+        self._out.append(self._codec.send_end(trailers))
         stream.response_complete = True
         self._context.observer.response_completed(stream)
         stream.run_on_completed()
@@ -476,7 +642,6 @@ class Http1Protocol:
         self._pump()
 
     def _finish_cycle(self) -> None:
-        self._write_deadline = None
         if self._shutting_down or not self._codec.keep_alive or self._peer_closed:
             self._close()
             return
@@ -502,11 +667,12 @@ class Http1Protocol:
             extra: Headers = []
             if status == 405:
                 extra.append((b"allow", ALLOW_ALL_BUT_CONNECT))
-            self._out.append(error_response(status, str(error), self._context, extra))
+            head_request = stream is not None and stream.method == "HEAD"
+            self._out.append(error_response(status, str(error), self._context, extra, head_request))
         self._record(
             status,
             reason or (error.reason if error else "error"),
-            message or (str(error) if error else ""),
+            message or (f"{error}{error.detail}" if error else ""),
         )
         self._close()
         if stream is not None and not stream.response_complete:
@@ -534,5 +700,4 @@ class Http1Protocol:
     def _close(self) -> None:
         if self.phase is not Phase.CLOSED:
             self._enter(Phase.CLOSED, None)
-            self._write_deadline = None
             self._rate_start = None

@@ -23,6 +23,7 @@ import h11
 
 from .config import Limits
 from .errors import LocalProtocolError, RemoteProtocolError
+from .http1_chunked import ChunkedFraming
 from .http1_head import RequestHead, find_head_end, parse_head
 from .status import reason_phrase
 
@@ -83,6 +84,10 @@ class Http1Codec(Protocol):
 
     def start_next_cycle(self) -> None: ...
 
+    def take_remaining(self) -> bytes:
+        """Every received byte after the current request, removed (for a protocol switch)."""
+        ...
+
 
 _CHUNKED_SLICE = 65_536
 
@@ -97,6 +102,7 @@ class H11Codec:
         self._h11 = self._new_h11()
         self._head: RequestHead | None = None
         self._content_left = 0  # Content-Length bytes not yet handed to h11
+        self._chunked: ChunkedFraming | None = None
         self._done = False
 
     def _new_h11(self) -> h11.Connection:
@@ -163,6 +169,9 @@ class H11Codec:
         if not isinstance(event, h11.Request):
             raise RemoteProtocolError("malformed request head", 400)
         self._head = head
+        self._chunked = (
+            ChunkedFraming(self._limits.max_request_headers_total_size) if head.chunked else None
+        )
         self._content_left = head.content_length or 0
         self._done = not head.has_body
         if self._done:
@@ -177,11 +186,15 @@ class H11Codec:
                 self._h11.receive_data(b"")
                 return True  # h11 will now report the incomplete body as an error
             return False
-        if self._head is not None and not self._head.chunked:
+        framing = self._chunked
+        if framing is None:
             size = min(self._content_left, len(self._inbox))
             self._content_left -= size
         else:
-            size = min(_CHUNKED_SLICE, len(self._inbox))
+            if framing.done:
+                return False  # h11 has the whole body; more bytes belong to the next request
+            # Strict framing first; it also stops exactly where the body ends.
+            size = framing.scan(bytes(self._inbox[:_CHUNKED_SLICE]))
         self._h11.receive_data(bytes(self._inbox[:size]))
         del self._inbox[:size]
         return True
@@ -208,11 +221,19 @@ class H11Codec:
         except h11.LocalProtocolError as exc:
             raise LocalProtocolError(str(exc)) from None
 
+    def take_remaining(self) -> bytes:
+        leftover, _ = self._h11.trailing_data
+        remaining = leftover + bytes(self._inbox)
+        self._inbox.clear()
+        self._h11 = self._new_h11()
+        return remaining
+
     def start_next_cycle(self) -> None:
         leftover, _ = self._h11.trailing_data
         if leftover:
             self._inbox[:0] = leftover
         self._h11 = self._new_h11()
         self._head = None
+        self._chunked = None
         self._done = False
         self._content_left = 0

@@ -68,6 +68,11 @@ def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
     # RFC 9112 2.2: ignore empty lines before the request line (bounded: at most a few).
     while buffer.startswith(b"\r\n", start) and start < 8:
         start += 2
+    if buffer[start : start + 1] == b"\x16":
+        raise _bad(
+            "a TLS handshake was sent to a plain-HTTP port; use http:// here",
+            reason="tls_on_plain_port",
+        )
     line_end = buffer.find(b"\r\n", start)
     line_limit = limits.max_request_line_size
     first_lf = buffer.find(b"\n", start)
@@ -103,8 +108,10 @@ def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
     return head_end + 4
 
 
-def _bad(message: str, status: int = 400, reason: str = "bad_request") -> RemoteProtocolError:
-    return RemoteProtocolError(message, status, reason)
+def _bad(
+    message: str, status: int = 400, reason: str = "bad_request", detail: str = ""
+) -> RemoteProtocolError:
+    return RemoteProtocolError(message, status, reason, detail)
 
 
 def parse_head(head: bytes, limits: Limits) -> RequestHead:
@@ -127,7 +134,10 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
             f"HTTP version {http_version.decode()} is not supported", 505, "version_not_supported"
         )
     if _BAD_TARGET_BYTE.search(target):
-        raise _bad("request target contains a byte that is not visible ASCII")
+        raise _bad(
+            "request target contains a byte that is not visible ASCII",
+            detail=f": {target.decode('latin-1')}",
+        )
 
     header_lines = lines[1:]
     if len(header_lines) > limits.max_request_header_count:

@@ -29,18 +29,28 @@ class StreamOwner(Protocol):
     def stream_body_consumed(self, stream: HttpStream, now: float | None) -> None: ...
 
     def stream_send(
-        self, stream: HttpStream, data: bytes, end: bool, now: float | None
+        self,
+        stream: HttpStream,
+        data: bytes,
+        end: bool,
+        now: float | None,
+        trailers: Headers | None = None,
     ) -> None: ...
+
+    def stream_informational(self, stream: HttpStream, status: int, headers: Headers) -> None: ...
 
     def stream_abort(self, stream: HttpStream) -> None: ...
 
     def stream_can_write(self, stream: HttpStream) -> bool: ...
+
+    def stream_finished(self, stream: HttpStream) -> None: ...
 
 
 class HttpStream:
     __slots__ = (
         "_body",
         "_body_size",
+        "_max_request_body_size",
         "_on_completed",
         "_on_starting",
         "_owner",
@@ -54,7 +64,6 @@ class HttpStream:
         "headers",
         "http_version",
         "local_address",
-        "max_request_body_size",
         "method",
         "path",
         "path_base",
@@ -113,7 +122,7 @@ class HttpStream:
         self.connection_id = connection_id
         self.local_address = transport.local_address
         self.remote_address = transport.remote_address
-        self.max_request_body_size = max_request_body_size
+        self._max_request_body_size = max_request_body_size
         self.request_content_length = request_content_length
         self.expect_continue = expect_continue
         self.start_time = start_time
@@ -155,6 +164,10 @@ class HttpStream:
         if not self._read_started:
             self._read_started = True
             self._owner.stream_read_started(self, now)
+        if self.aborted_flag:
+            # The engine refused the request (413) or the client left: nothing to hand over.
+            self.discard_body()
+            return b""
         if not self._body:
             return b""
         data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
@@ -179,6 +192,14 @@ class HttpStream:
     def is_read_only(self) -> bool:
         return self._read_started
 
+    @property
+    def max_request_body_size(self) -> int | None:
+        return self._max_request_body_size
+
+    @max_request_body_size.setter
+    def max_request_body_size(self, value: int | None) -> None:
+        self.set_max_request_body_size(value)
+
     def set_max_request_body_size(self, value: int | None) -> None:
         if self._read_started:
             raise LocalProtocolError(
@@ -186,7 +207,7 @@ class HttpStream:
             )
         if value is not None and value < 0:
             raise LocalProtocolError(f"max request body size must be >= 0 or None (got {value})")
-        self.max_request_body_size = value
+        self._max_request_body_size = value
 
     # -- response features ------------------------------------------------------------------
 
@@ -232,15 +253,38 @@ class HttpStream:
         self._check_writable()
         self._owner.stream_send(self, data, False, now)
 
-    def complete(self, data: bytes = b"", now: float | None = None) -> None:
+    def complete(
+        self, data: bytes = b"", now: float | None = None, trailers: Headers | None = None
+    ) -> None:
+        """Write the last bytes and end the response, with trailers if the protocol allows."""
         self._check_writable()
-        self._owner.stream_send(self, data, True, now)
+        self._owner.stream_send(self, data, True, now, trailers)
+
+    @property
+    def accepts_trailers(self) -> bool:
+        """The client said it takes response trailers (``te: trailers``)."""
+        return any(name == b"te" and b"trailers" in value.lower() for name, value in self.headers)
+
+    def send_informational(self, status: int, headers: Headers) -> None:
+        """A 1xx response (103 Early Hints, say) before the final one."""
+        self._check_writable()
+        if self.response_started:
+            raise LocalProtocolError("an informational response must come before the final one")
+        if not 100 <= status <= 199 or status == 101:
+            raise LocalProtocolError(
+                f"informational status must be 100-199 and not 101 (got {status})"
+            )
+        self._owner.stream_informational(self, status, headers)
 
     # -- request lifetime feature -------------------------------------------------------------
 
     @property
     def aborted(self) -> bool:
         return self.aborted_flag
+
+    def finish(self) -> None:
+        """The host is done with this stream: its app returned or raised. Call exactly once."""
+        self._owner.stream_finished(self)
 
     def abort(self) -> None:
         """Abort the exchange: the client sees the connection (or stream) reset."""
