@@ -223,10 +223,12 @@ class _Connection(asyncio.Protocol):
                 waiter = loop.create_future()
                 self._drain_waiters.append(waiter)
                 await waiter
+            produced = True
             try:
-                cycle.send(message, loop.time())
+                produced = cycle.send(message, loop.time())
             finally:
-                self._sync()
+                if produced:
+                    self._sync()
 
         try:
             await app(scope, receive, send)

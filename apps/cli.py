@@ -13,7 +13,7 @@ from tiercel.core.config import DataRate, EngineConfig, Limits
 from tiercel.core.errors import ConfigError
 
 from . import logs
-from .options import ADAPTERS, LIFESPAN_MODES, LOOPS, ServerOptions
+from .options import ADAPTERS, INTERFACES, LIFESPAN_MODES, LOOPS, ServerOptions
 from .tls import CertificateFiles, TlsOptions
 
 EXAMPLES = """\
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"';'-separated listen URLs (env TIERCEL_URLS; default {DEFAULT_URLS})",
     )
     parser.add_argument("--adapter", choices=ADAPTERS, default="asyncio")
+    parser.add_argument(
+        "--interface",
+        choices=INTERFACES,
+        default="auto",
+        help="how to call APP; auto tells an ASGI app (async) from a WSGI one",
+    )
     parser.add_argument(
         "--loop", choices=LOOPS, default="auto", help="auto picks uvloop if present"
     )
@@ -190,6 +196,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
     elif args.sni or args.keyfile:
         raise ConfigError("--keyfile and --sni need --certfile (the default certificate)")
     return ServerOptions(
+        interface=args.interface,
         protocols=args.protocols,
         tls=tls,
         urls=args.urls or os.environ.get("TIERCEL_URLS") or DEFAULT_URLS,

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 from collections.abc import Callable
@@ -35,6 +36,25 @@ def uvloop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+# Adapters by name: (module, class). Each class takes (app, ServerOptions) and offers
+# ``run(on_started)`` (blocking, with signal handling) plus ``addresses`` and ``endpoints``.
+ADAPTER_CLASSES = {
+    "asyncio": ("tiercel.adapters.asyncio_adapter", "AsyncioServer", "uvloop"),
+    "trio": ("tiercel.adapters.trio_adapter", "TrioServer", "trio"),
+    "threads": ("tiercel.adapters.threads_adapter", "ThreadedServer", None),
+}
+
+
+def adapter_class(name: str) -> Any:
+    module_name, class_name, extra = ADAPTER_CLASSES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"; pip install 'tiercel[{extra}]'" if extra and exc.name == extra else ""
+        raise ConfigError(f"the {name} adapter cannot start: {exc}{hint}") from None
+    return getattr(module, class_name)
+
+
 class Server:
     def __init__(
         self,
@@ -51,6 +71,7 @@ class Server:
         lifespan: str = "auto",
         protocols: str = "http1andhttp2",
         tls: TlsOptions | None = None,
+        interface: str = "auto",
         options: ServerOptions | None = None,
     ) -> None:
         self.options = options or ServerOptions(
@@ -65,10 +86,9 @@ class Server:
             lifespan=lifespan,
             protocols=protocols,
             tls=tls,
+            interface=interface,
         )
-        from tiercel.adapters.asyncio_adapter import AsyncioServer
-
-        self._impl = AsyncioServer(app, self.options)
+        self._impl: Any = adapter_class(self.options.adapter)(app, self.options)
 
     def reload_certificates(self) -> bool:
         """Reload the https certificates from their files (what SIGHUP does)."""
@@ -95,6 +115,10 @@ class Server:
 
     def run(self, on_started: Callable[[list[str]], None] | None = None) -> None:
         """Serve until SIGINT or SIGTERM, then stop gracefully. A second signal stops at once."""
+        if self.options.adapter != "asyncio":
+            # Other runtimes own their main loop and signal handling.
+            self._impl.run(on_started)
+            return
         factory = uvloop_factory(self.options.loop)
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(self._run_with_signals(on_started))

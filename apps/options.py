@@ -12,7 +12,8 @@ from tiercel.core.http2 import Http2Limits
 
 from .tls import TlsOptions
 
-ADAPTERS = ("asyncio",)
+ADAPTERS = ("asyncio", "trio", "threads")
+INTERFACES = ("auto", "asgi", "wsgi")
 LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPAN_MODES = ("auto", "on", "off")
 # Kestrel's HttpProtocols names, case-insensitive.
@@ -33,6 +34,7 @@ class ServerOptions:
     access_log: bool = True
     lifespan: str = "auto"
     protocols: str = "http1andhttp2"
+    interface: str = "auto"  # "asgi", "wsgi", or "auto" (decided from the app when loaded)
     tls: TlsOptions | None = None
     http2: Http2Limits = field(default_factory=Http2Limits)
     endpoints: tuple[Endpoint, ...] = ()
@@ -52,6 +54,10 @@ class ServerOptions:
         if not self.shutdown_timeout >= 0:
             raise ConfigError(
                 f"shutdown_timeout must be >= 0 seconds (got {self.shutdown_timeout})"
+            )
+        if self.interface not in INTERFACES:
+            raise ConfigError(
+                f"unknown interface {self.interface!r}; choose one of: {', '.join(INTERFACES)}"
             )
         if self.protocols.lower() not in PROTOCOLS:
             raise ConfigError(

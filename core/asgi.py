@@ -113,7 +113,9 @@ class AsgiHttpCycle:
             return {"type": "http.request", "body": data, "more_body": True}
         return None
 
-    def send(self, message: Mapping[str, Any], now: float | None = None) -> None:
+    def send(self, message: Mapping[str, Any], now: float | None = None) -> bool:
+        """Apply one ASGI message. True when it may have produced bytes to send (the adapter
+        then flushes); ``http.response.start`` alone is held until the first body bytes."""
         stream = self.stream
         try:
             kind = message["type"]
@@ -186,8 +188,10 @@ class AsgiHttpCycle:
             stream.response_headers = _headers(message.get("headers"))
             self._trailers = bool(message.get("trailers", False))
             self._start_received = True
+            return False
         else:
             raise LocalProtocolError(f"ASGI: unexpected message type {kind!r} in an http scope")
+        return True
 
     def app_finished(self, now: float | None = None) -> str | None:
         """The app returned or raised. Fix up what it left undone; say what, for the log."""

@@ -102,6 +102,8 @@ class EngineConfig:
     server_header: str | None = "tiercel"
     # Requests whose path starts with root_path are presented to the app with it as path base.
     root_path: str = ""
+    # "fast" (tiercel's own) or "h11" (the reference codec) for HTTP/1.1.
+    http1_codec: str = "fast"
 
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
@@ -113,6 +115,8 @@ class EngineConfig:
                 "server_header must be printable ASCII (got "
                 f"{self.server_header!r}); use None to send no Server header"
             )
+        if self.http1_codec not in ("fast", "h11"):
+            raise ConfigError(f"http1_codec must be 'fast' or 'h11' (got {self.http1_codec!r})")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError(
                 f"root_path must start with '/' and not end with one (got {self.root_path!r}), "

@@ -42,6 +42,7 @@ from .http1_codec import (
     H11Codec,
     Http1Codec,
 )
+from .http1_fast import FastCodec
 from .http1_head import ALLOW_ALL_BUT_CONNECT, RequestHead
 from .status import STATUS_LINES_11, reason_phrase
 from .stream import HttpStream
@@ -114,7 +115,10 @@ class Http1Protocol:
         self._limits = context.config.limits
         self._transport = transport
         self.connection_id = context.next_connection_id()
-        self._codec: Http1Codec = codec or H11Codec(self._limits)
+        if codec is None:
+            fast = context.config.http1_codec == "fast"
+            codec = FastCodec(self._limits) if fast else H11Codec(self._limits)
+        self._codec: Http1Codec = codec
         self._out: list[bytes] = []
         self._events: list[Event] = []
         self._stream: HttpStream | None = None
@@ -211,12 +215,16 @@ class Http1Protocol:
     def next_deadline(self) -> float | None:
         if self.phase is Phase.CLOSED:
             return None if self._abort else self._write_deadline
-        candidates = [
-            d
-            for d in (self._phase_deadline, self._write_deadline, self._body_rate_deadline())
-            if d is not None
-        ]
-        return min(candidates) if candidates else None
+        # Called after every engine call by the adapters: kept allocation-free.
+        deadline = self._phase_deadline
+        write = self._write_deadline
+        if write is not None and (deadline is None or write < deadline):
+            deadline = write
+        if self._rate_start is not None:
+            rate = self._body_rate_deadline()
+            if rate is not None and (deadline is None or rate < deadline):
+                deadline = rate
+        return deadline
 
     def data_to_send(self) -> bytes:
         if not self._out:

@@ -46,19 +46,31 @@ class ChunkedFraming:
         self._line = bytearray()
         self.trailer_bytes = max_trailer_bytes
 
+    def _check_line_length(self, state: int) -> None:
+        # A trailer section counts against the header limit however its bytes arrive,
+        # partial lines included, so the answer (431) does not depend on packet boundaries.
+        if state == _TRAILERS and len(self._line) > self.trailer_bytes:
+            raise RemoteProtocolError("trailer section too large", 431, "headers_too_large")
+        if len(self._line) > MAX_LINE:
+            raise _bad("line too long")
+
     @property
     def done(self) -> bool:
         return self._state == _DONE
 
-    def scan(self, data: bytes | bytearray) -> int:
+    def scan(self, data: bytes | bytearray, payload: list[bytes] | None = None) -> int:
         """Check ``data``; return how many of its bytes belong to this body (all of them
-        unless the body ends inside it). Raises ``RemoteProtocolError`` on bad framing."""
+        unless the body ends inside it). Raises ``RemoteProtocolError`` on bad framing.
+        With ``payload``, the chunk data found is appended to it (decoding, not just checking).
+        """
         position = 0
         size = len(data)
         while position < size and self._state != _DONE:
             state = self._state
             if state == _DATA:
                 step = min(self._left, size - position)
+                if payload is not None:
+                    payload.append(bytes(data[position : position + step]))
                 self._left -= step
                 position += step
                 if not self._left:
@@ -78,15 +90,13 @@ class ChunkedFraming:
             if end == -1:
                 self._line += data[position:]
                 position = size
-                if len(self._line) > MAX_LINE:
-                    raise _bad("line too long")
+                self._check_line_length(state)
                 continue
             self._line += data[position : end + 1]
             position = end + 1
+            self._check_line_length(state)
             line = bytes(self._line)
             self._line.clear()
-            if len(line) > MAX_LINE:
-                raise _bad("line too long")
             if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
                 raise _bad("bare CR or LF; lines must end with CRLF")
             line = line[:-2]
@@ -101,8 +111,6 @@ class ChunkedFraming:
                     self._state = _DONE
                     continue
                 self.trailer_bytes -= len(line) + 2
-                if self.trailer_bytes < 0:
-                    raise RemoteProtocolError("trailer section too large", 431, "headers_too_large")
                 if line[:1] in (b" ", b"\t"):
                     raise _bad("obsolete line folding in the trailer section")
                 if _FIELD_LINE.fullmatch(line) is None:

@@ -58,8 +58,11 @@ class RequestHead:
         return unquote(self.raw_path.decode("latin-1"), errors="replace")
 
 
-def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
+def find_head_end(buffer: bytes | bytearray, limits: Limits, resume: int = 0) -> int:
     """Return the index just past the head's blank line, or -1 if more bytes are needed.
+
+    ``resume`` is the buffer length at the previous call that returned -1: the bytes before it
+    were already checked, so a head trickled in byte by byte costs linear time, not quadratic.
 
     Raises ``RemoteProtocolError`` (414 or 431) as soon as the bytes already received prove the
     head breaks a limit, so a client cannot make us buffer more than the limits allow.
@@ -75,7 +78,8 @@ def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
         )
     line_end = buffer.find(b"\r\n", start)
     line_limit = limits.max_request_line_size
-    first_lf = buffer.find(b"\n", start)
+    # The request line is at most line_limit bytes, so this search stays small.
+    first_lf = buffer.find(b"\n", start, len(buffer) if line_end == -1 else line_end + 2)
     if first_lf != -1 and first_lf != line_end + 1:
         raise _bad("bare LF in the request line; lines must end with CRLF")
     if line_end == -1:
@@ -90,10 +94,15 @@ def find_head_end(buffer: bytes | bytearray, limits: Limits) -> int:
         )
     if buffer.startswith(b"\r\n", line_end + 2):
         return line_end + 4
-    head_end = buffer.find(b"\r\n\r\n", line_end)
+    head_end = buffer.find(b"\r\n\r\n", max(line_end, resume - 3))
     headers_limit = limits.max_request_headers_total_size
     if head_end == -1:
-        region = buffer[line_end + 2 :]
+        # Only the bytes new since the last call need checking; start the region so that it
+        # neither splits a CRLF nor begins with the LF that completes one.
+        check_from = max(line_end + 2, resume - 1)
+        if buffer[check_from - 1 : check_from + 1] == b"\r\n":
+            check_from += 1
+        region = buffer[check_from:]
         if region.count(b"\n") != region.count(b"\r\n"):
             raise _bad("bare LF in the request headers; lines must end with CRLF")
         if len(buffer) - line_end - 2 > headers_limit:

@@ -9,8 +9,17 @@ from __future__ import annotations
 from http import HTTPStatus
 
 REASON_PHRASES: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
-REASON_PHRASES.setdefault(421, b"Misdirected Request")
-REASON_PHRASES.setdefault(425, b"Too Early")
+# RFC 9110's names where Python's table still has RFC 7231's.
+REASON_PHRASES.update(
+    {
+        413: b"Content Too Large",
+        414: b"URI Too Long",
+        416: b"Range Not Satisfiable",
+        421: b"Misdirected Request",
+        422: b"Unprocessable Content",
+        425: b"Too Early",
+    }
+)
 
 
 def reason_phrase(status: int) -> bytes:

@@ -1,0 +1,490 @@
+"""The trio adapter: sockets and time in, engine calls out.
+
+Each connection runs three I/O tasks in its own cancel scope, plus its apps:
+
+- the reader calls ``receive_some`` only while the engine ``wants_read`` and feeds the bytes in;
+- the writer is the only task that calls ``send_all``: every engine call is followed by
+  ``_sync``, which queues what the engine produced and wakes the writer. While more than
+  ``HIGH_WATER`` bytes wait to be written the engine is told the transport is blocked and the
+  apps' ``send`` waits;
+- the timer sleeps in a cancel scope whose deadline ``_sync`` moves to the engine's
+  ``next_deadline()``, so no task is created per re-arm.
+
+``should_close`` lets the writer flush and then closes; ``should_abort`` cancels the I/O tasks
+and resets the socket. Apps run as one task per request in the connection's nursery; their
+``receive``/``send`` are the engine's ASGI translation plus waiting for ``StreamUpdated``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import trio
+from tiercel.apps.endpoints import EndpointManager
+from tiercel.apps.lifespan import Lifespan
+from tiercel.apps.logs import LoggingObserver
+from tiercel.apps.options import ServerOptions
+from tiercel.core.asgi import (
+    ADDRESSES_EXTENSION,
+    INFORMATIONAL_EXTENSION,
+    AsgiHttpCycle,
+    http_scope,
+)
+from tiercel.core.connection import EngineConnection, open_connection
+from tiercel.core.context import ServerContext, TransportInfo
+from tiercel.core.events import Event, RequestReceived
+from tiercel.core.headers import escape_for_log
+from tiercel.core.stream import ClientDisconnected, HttpStream
+
+from .sockets import Listener, bind_endpoints
+
+log = logging.getLogger("tiercel.error")
+
+ASGIApp = Callable[..., Coroutine[Any, Any, None]]
+
+RECEIVE_SIZE = 65_536
+HIGH_WATER = 65_536  # unwritten bytes above which the connection counts as write-blocked
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+def _address(value: Any) -> Any:
+    return (value[0], value[1]) if isinstance(value, tuple) else None
+
+
+class _Connection:
+    def __init__(self, server: TrioServer, stream: trio.SocketStream, listener: Listener) -> None:
+        self._server = server
+        self._stream = stream
+        sock = stream.socket
+        local = sock.getsockname()
+        info = TransportInfo(
+            local_address=_address(local) or (local or None),
+            remote_address=_address(sock.getpeername()),
+        )
+        self.conn: EngineConnection = open_connection(
+            server.context, info, trio.current_time(), listener.settings
+        )
+        self._io = trio.CancelScope()
+        self._apps: trio.Nursery | None = None
+        self._timer: trio.CancelScope | None = None
+        self._pending: list[bytes] = []
+        self._unsent = 0
+        self._write_blocked = False
+        self._closing = False  # the engine said close: flush, then close
+        self._aborting = False  # the engine said abort (or the peer is gone): reset now
+        self._closed = False  # the socket is closed and the engine told so
+        self._writable = trio.lowlevel.ParkingLot()  # the writer waits here for bytes
+        self._readable = trio.lowlevel.ParkingLot()  # the reader waits here for wants_read
+        self._drained = trio.lowlevel.ParkingLot()  # apps' send waits here while blocked
+        self._waiters: dict[HttpStream, trio.Event] = {}
+
+    async def run(self) -> None:
+        server = self._server
+        server.connections.add(self)
+        try:
+            async with trio.open_nursery() as apps:
+                self._apps = apps
+                if server.stopping:
+                    self._dispatch(self.conn.shutdown(trio.current_time()))
+                self._sync()
+                with self._io:
+                    async with trio.open_nursery() as io:
+                        io.start_soon(self._read)
+                        io.start_soon(self._time)
+                        await self._write()
+                        io.cancel_scope.cancel()
+                self._close_socket()  # apps still running see the connection gone
+        except* Exception:
+            log.exception("internal error on connection %s; closing it", self.conn.connection_id)
+            self.abort()
+        finally:
+            self._close_socket()  # after an error, or cancelled from outside (a forced stop)
+
+    # -- engine plumbing --------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Act on the engine's state after every call into it."""
+        if self._closed or self._aborting:
+            return
+        conn = self.conn
+        events = conn.pop_events()
+        if events:
+            self._dispatch(events)
+        if conn.should_abort:
+            self.abort()
+            return
+        data = conn.data_to_send()
+        if data:
+            self._pending.append(data)
+            self._unsent += len(data)
+            self._writable.unpark_all()
+            if not self._write_blocked and self._unsent > HIGH_WATER:
+                self._write_blocked = True
+                conn.set_write_blocked(True, trio.current_time(), self._unsent)
+        if conn.should_close and not self._closing:
+            self._closing = True
+            self._writable.unpark_all()
+        elif conn.wants_read:
+            self._readable.unpark_all()
+        timer = self._timer
+        if timer is not None:
+            deadline = conn.next_deadline()
+            if deadline is None:
+                deadline = math.inf
+            if timer.deadline != deadline:
+                timer.deadline = deadline
+
+    def _dispatch(self, events: list[Event]) -> None:
+        for event in events:
+            if type(event) is RequestReceived:
+                assert self._apps is not None
+                self._apps.start_soon(self._run_asgi, event.stream)
+            else:
+                waiter = self._waiters.pop(event.stream, None)
+                if waiter is not None:
+                    waiter.set()
+
+    async def _read(self) -> None:
+        conn = self.conn
+        receive_some = self._stream.receive_some
+        while True:
+            while self._closing or not conn.wants_read:
+                await self._readable.park()
+            try:
+                data = await receive_some(RECEIVE_SIZE)
+            except _GONE:
+                self.abort()
+                return
+            if self._closing:
+                continue  # closing: the engine takes no more input
+            self._dispatch(conn.receive_data(data, trio.current_time()))
+            self._sync()
+            if not data:
+                return  # end of input; the engine decides when to close
+
+    async def _write(self) -> None:
+        send_all = self._stream.send_all
+        pending = self._pending
+        while True:
+            if not pending:
+                if self._closing:
+                    return
+                await self._writable.park()
+                continue
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            pending.clear()
+            try:
+                await send_all(data)
+            except _GONE:
+                self.abort()
+                return
+            self._unsent -= len(data)
+            if self._write_blocked and self._unsent <= HIGH_WATER:
+                self._write_blocked = False
+                self.conn.set_write_blocked(False, trio.current_time())
+                self._drained.unpark_all()
+                self._sync()
+
+    async def _time(self) -> None:
+        conn = self.conn
+        while True:
+            deadline = conn.next_deadline()
+            with trio.CancelScope(deadline=math.inf if deadline is None else deadline) as timer:
+                self._timer = timer
+                await trio.sleep_forever()
+            self._timer = None
+            # Never hand the engine a time before the deadline it asked for.
+            self._dispatch(conn.on_timer(max(trio.current_time(), timer.deadline)))
+            self._sync()
+
+    def _close_socket(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._aborting:
+            _reset(self._stream.socket)
+        else:
+            self._stream.socket.close()
+        server = self._server
+        server.connections.discard(self)
+        server.context.connection_closed()
+        server.connection_gone.unpark_all()
+        self._dispatch(self.conn.connection_lost(trio.current_time()))
+        for waiter in self._waiters.values():
+            waiter.set()
+        self._waiters.clear()
+        self._drained.unpark_all()
+
+    def shutdown(self) -> None:
+        if not self._closed:
+            self._dispatch(self.conn.shutdown(trio.current_time()))
+            self._sync()
+
+    def abort(self) -> None:
+        """Reset the connection now (the engine's ``should_abort``, or a forced stop)."""
+        if not self._closed:
+            self._aborting = True
+            self._io.cancel()
+
+    # -- the app's side ---------------------------------------------------------------------
+
+    async def _wait(self, stream: HttpStream) -> None:
+        waiter = self._waiters.get(stream)
+        if waiter is None:
+            waiter = self._waiters[stream] = trio.Event()
+        await waiter.wait()
+
+    async def _run_asgi(self, stream: HttpStream) -> None:
+        server = self._server
+        cycle = AsgiHttpCycle(stream)
+        scope = http_scope(stream, server.lifespan_state, server.extensions)
+        now = trio.current_time
+
+        async def receive() -> Any:
+            while True:
+                message = cycle.receive(now())
+                self._sync()
+                if message is not None:
+                    return message
+                await self._wait(stream)
+
+        async def send(message: Any) -> None:
+            while not self._closed:
+                if self._write_blocked:
+                    await self._drained.park()
+                elif not stream.can_write:  # HTTP/2: this stream's buffer is full
+                    await self._wait(stream)
+                else:
+                    break
+            try:
+                cycle.send(message, now())
+            finally:
+                self._sync()
+
+        try:
+            await server.app(scope, receive, send)
+        except ClientDisconnected:
+            log.debug("client went away during %r", stream)
+        except Exception:
+            log.exception(
+                "exception in ASGI app while serving %s %s",
+                stream.method,
+                escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
+            )
+        finally:
+            problem = cycle.app_finished(now())
+            if problem:
+                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+            self._waiters.pop(stream, None)
+            self._sync()
+
+
+class TrioServer:
+    def __init__(self, app: ASGIApp, options: ServerOptions) -> None:
+        self.app = app
+        self.options = options
+        self.context = ServerContext(
+            options.engine, LoggingObserver(options.access_log), time.time()
+        )
+        self.connections: set[_Connection] = set()
+        self.connection_gone = trio.lowlevel.ParkingLot()
+        self.listeners: list[Listener] = []
+        self.extensions: dict[str, Any] = {}
+        self.lifespan = Lifespan(app, options.lifespan, self.extensions)
+        self.lifespan_state: dict[str, Any] | None = None
+        self.endpoints: EndpointManager | None = None
+        self.stopping = False
+        self._stop_requested: trio.Event | None = None
+        self._accepting = trio.CancelScope()
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.context.addresses.addresses
+
+    def request_stop(self) -> None:
+        """Ask ``serve`` to stop gracefully; call it from the trio thread."""
+        if self._stop_requested is not None:
+            self._stop_requested.set()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, run the lifespan startup, accept until ``request_stop``, then stop gracefully.
+        ``task_status.started`` reports the bound addresses."""
+        self._stop_requested = trio.Event()
+        self.listeners = bind_endpoints(list(self.options.endpoints))
+        try:
+            with _plain_errors():
+                await self._serve(task_status)
+        finally:
+            for listener in self.listeners:
+                listener.close()
+
+    async def _serve(self, task_status: Any) -> None:
+        assert self._stop_requested is not None
+        self.endpoints = EndpointManager(self.options, self.listeners)
+        addresses = [listener.url for listener in self.listeners]
+        self.context.addresses.addresses[:] = addresses
+        self.extensions[ADDRESSES_EXTENSION] = {"addresses": addresses}
+        self.extensions[INFORMATIONAL_EXTENSION] = {}
+        async with trio.open_nursery() as background:  # the lifespan task and the ticker
+
+            def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
+                background.start_soon(fn, *args)
+
+            await self.lifespan.startup(spawn)
+            self.lifespan_state = self.lifespan.state if self.options.lifespan != "off" else None
+            background.start_soon(self._tick)
+            sockets = [trio.socket.from_stdlib_socket(lis.sock) for lis in self.listeners]
+            async with trio.open_nursery() as connections:
+                connections.start_soon(self._accept_all, sockets, connections)
+                task_status.started(list(addresses))
+                await self._stop_requested.wait()
+                await self._stop(sockets, connections)
+            await self.lifespan.shutdown()
+            background.cancel_scope.cancel()
+
+    async def _accept_all(
+        self, sockets: list[trio.socket.SocketType], connections: trio.Nursery
+    ) -> None:
+        with self._accepting:
+            async with trio.open_nursery() as acceptors:
+                for listener, sock in zip(self.listeners, sockets, strict=True):
+                    acceptors.start_soon(self._accept, sock, listener, connections)
+
+    async def _accept(
+        self, sock: trio.socket.SocketType, listener: Listener, connections: trio.Nursery
+    ) -> None:
+        sockets = trio.SocketListener(sock)
+        while True:
+            try:
+                stream = await sockets.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY:
+                    raise
+                log.error("accept failed: %s; retrying in 0.1 s", exc)
+                await trio.sleep(0.1)
+                continue
+            if not self.context.try_open_connection():
+                _reset(stream.socket)  # over max_concurrent_connections
+                continue
+            try:
+                connection = _Connection(self, stream, listener)
+            except OSError:  # the peer left before we could ask its address
+                self.context.connection_closed()
+                stream.socket.close()
+                continue
+            connections.start_soon(connection.run)
+
+    async def _stop(self, sockets: list[trio.socket.SocketType], connections: trio.Nursery) -> None:
+        """Stop accepting, let requests in flight finish (up to the shutdown timeout), abort
+        what is left, then cancel the apps still running."""
+        self.stopping = True
+        self._accepting.cancel()
+        for sock in sockets:
+            sock.close()  # refuse new connections now
+        for connection in list(self.connections):
+            connection.shutdown()
+        with trio.move_on_after(self.options.shutdown_timeout):
+            while self.connections:
+                await self.connection_gone.park()
+        if self.connections:
+            log.warning(
+                "shutdown timeout (%gs): aborting %d connection(s)",
+                self.options.shutdown_timeout,
+                len(self.connections),
+            )
+            for connection in list(self.connections):
+                connection.abort()
+        connections.cancel_scope.cancel()
+
+    async def _tick(self) -> None:
+        seconds = 0
+        while True:
+            self.context.tick(time.time())
+            seconds += 1
+            if seconds % 2 == 0 and self.endpoints is not None:
+                self.endpoints.poll()  # certificate files changed: reload them
+            await trio.sleep(1.0 - time.time() % 1.0)
+
+    # -- the command line ---------------------------------------------------------------------
+
+    def run(self, on_started: Callable[[list[str]], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then stop gracefully; a second signal stops at once.
+        SIGHUP reloads the https certificates."""
+        with _plain_errors():
+            trio.run(self._run_with_signals, on_started)
+
+    async def _run_with_signals(self, on_started: Callable[[list[str]], None] | None) -> None:
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        with trio.open_signal_receiver(*signals) as received:
+            async with trio.open_nursery() as nursery:
+                started = False
+
+                async def watch() -> None:
+                    seen = 0
+                    async for signum in received:
+                        if signum == signal.SIGHUP:
+                            if self.endpoints is not None:
+                                self.endpoints.reload_certificates()
+                            continue
+                        seen += 1
+                        if not started:
+                            # The app's lifespan startup may never end.
+                            log.info("stopping before start-up completed")
+                            nursery.cancel_scope.cancel()
+                        elif seen == 1:
+                            log.info(
+                                "shutting down (finishing requests in flight; signal again "
+                                "to force)"
+                            )
+                            self.request_stop()
+                        else:
+                            log.warning("forced shutdown")
+                            for connection in list(self.connections):
+                                connection.abort()
+                            nursery.cancel_scope.cancel()
+
+                async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await self.serve(task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                await nursery.start(serve)
+                started = True
+                if on_started is not None:
+                    on_started(self.addresses)
+
+
+def _reset(sock: trio.socket.SocketType) -> None:
+    """Close with RST (linger 0): unsent bytes are dropped and the peer sees a reset."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Let one error out of trio's exception groups (so callers can catch BindError or
+    LifespanFailed as the asyncio adapter raises them)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], Exception):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]

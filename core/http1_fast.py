@@ -1,0 +1,253 @@
+"""The fast HTTP/1.1 codec: the ``Http1Codec`` interface without h11 on the hot path.
+
+Theory of operation
+-------------------
+Requests: the same strict gate as the reference codec (``http1_head`` for heads,
+``http1_chunked`` for chunked framing) does all the parsing, so there is no second parser to
+disagree with it; fixed-length bodies are sliced straight out of the inbox. One request at a
+time, as in ``H11Codec``: after a request's body the codec answers PAUSED until
+``start_next_cycle``, so pipelined bytes stay unparsed behind an unfinished response.
+
+Responses are built from prebuilt status lines. Framing is decided once, at the head, the way
+h11 decides it: no body for HEAD, 204 and 304; the app's Content-Length if it gave one
+(checked against what it sends); otherwise chunked for HTTP/1.1 and close-delimited for
+HTTP/1.0. ``Connection: close`` is added whenever the connection will not be reused.
+
+``tests/engine`` runs this codec and ``H11Codec`` through the same tests, and a differential
+property test feeds both the same generated and mutated byte streams.
+"""
+
+from __future__ import annotations
+
+from .config import Limits
+from .errors import LocalProtocolError, RemoteProtocolError
+from .http1_chunked import ChunkedFraming
+from .http1_codec import CLOSED, END_OF_BODY, NEED_DATA, PAUSED, BodyData, CodecEvent, Headers
+from .http1_head import RequestHead, find_head_end, parse_head
+from .status import STATUS_LINES_11, reason_phrase
+
+_BODY_SLICE = 262_144
+
+# Response framing modes.
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
+_FRAMING_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
+
+
+class FastCodec:
+    __slots__ = (
+        "_body_left",
+        "_chunked",
+        "_close_after",
+        "_eof",
+        "_framing",
+        "_head",
+        "_inbox",
+        "_limits",
+        "_request_done",
+        "_response_done",
+        "_response_left",
+        "_scanned",
+    )
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._inbox = bytearray()
+        self._eof = False
+        self._head: RequestHead | None = None
+        self._body_left = 0
+        self._chunked: ChunkedFraming | None = None
+        self._request_done = False
+        self._framing = _NONE
+        self._response_left = 0
+        self._response_done = False
+        self._close_after = False
+        self._scanned = 0  # bytes of a partial head already checked
+
+    # -- requests -------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        if data:
+            self._inbox += data
+        else:
+            self._eof = True
+
+    @property
+    def buffered_size(self) -> int:
+        return len(self._inbox)
+
+    def next_event(self) -> CodecEvent:
+        head = self._head
+        if head is None:
+            return self._next_head()
+        if self._request_done:
+            return PAUSED
+        inbox = self._inbox
+        chunked = self._chunked
+        if chunked is None:
+            if not self._body_left:
+                self._request_done = True
+                return END_OF_BODY
+            if not inbox:
+                return self._need_body()
+            size = min(self._body_left, len(inbox), _BODY_SLICE)
+            data = bytes(inbox[:size])
+            del inbox[:size]
+            self._body_left -= size
+            return BodyData(data)
+        while True:
+            if chunked.done:
+                self._request_done = True
+                return END_OF_BODY
+            if not inbox:
+                return self._need_body()
+            payload: list[bytes] = []
+            used = chunked.scan(inbox[:_BODY_SLICE], payload)
+            del inbox[:used]
+            if payload:
+                data = payload[0] if len(payload) == 1 else b"".join(payload)
+                if data:
+                    return BodyData(data)
+
+    def _need_body(self) -> CodecEvent:
+        if self._eof:
+            raise RemoteProtocolError("the connection closed before the request body ended")
+        return NEED_DATA
+
+    def _next_head(self) -> CodecEvent:
+        inbox = self._inbox
+        if not inbox:
+            return CLOSED if self._eof else NEED_DATA
+        end = find_head_end(inbox, self._limits, self._scanned)
+        if end == -1:
+            self._scanned = len(inbox)
+            if self._eof:
+                if inbox.strip(b"\r\n"):
+                    raise RemoteProtocolError("connection closed in the middle of a request head")
+                return CLOSED
+            return NEED_DATA
+        self._scanned = 0
+        head = parse_head(bytes(inbox[:end]), self._limits)
+        del inbox[:end]
+        self._head = head
+        if head.chunked:
+            self._chunked = ChunkedFraming(self._limits.max_request_headers_total_size)
+            self._request_done = False
+        else:
+            self._body_left = head.content_length or 0
+            self._request_done = not self._body_left
+        return head
+
+    @property
+    def keep_alive(self) -> bool:
+        head = self._head
+        return (
+            head is not None
+            and head.keep_alive
+            and self._request_done
+            and self._response_done
+            and not self._close_after
+        )
+
+    def start_next_cycle(self) -> None:
+        self._head = None
+        self._chunked = None
+        self._request_done = False
+        self._body_left = 0
+        self._framing = _NONE
+        self._response_done = False
+        self._close_after = False
+
+    def take_remaining(self) -> bytes:
+        remaining = bytes(self._inbox)
+        self._inbox.clear()
+        return remaining
+
+    # -- responses ------------------------------------------------------------------------
+
+    def send_informational(self, status: int, headers: Headers) -> bytes:
+        lines = [STATUS_LINES_11[status]]
+        for name, value in headers:
+            lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def send_response(self, status: int, reason: bytes, headers: Headers) -> bytes:
+        head = self._head
+        if head is None:
+            raise LocalProtocolError("no request to respond to")
+        length: int | None = None
+        chunked = False
+        # HTTP/1.0 keep-alive is not offered (as in h11): such a connection closes after one.
+        close = not head.keep_alive or head.http_version == b"1.0"
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered in _FRAMING_HEADERS:
+                if lowered == b"content-length":
+                    if not value.isdigit():
+                        raise LocalProtocolError(f"bad Content-Length {value!r} in the response")
+                    length = int(value)
+                elif lowered == b"transfer-encoding":
+                    if value.lower() != b"chunked":
+                        raise LocalProtocolError(
+                            "the only transfer coding tiercel can send is chunked"
+                        )
+                    chunked = True
+                elif b"close" in value.lower():
+                    close = True
+        extra: list[bytes] = []
+        if head.method == b"HEAD" or status in (204, 304):
+            self._framing = _NONE
+        elif length is not None:
+            self._framing = _LENGTH
+            self._response_left = length
+        elif chunked and head.http_version == b"1.1":
+            self._framing = _CHUNKED
+        elif head.http_version == b"1.1":
+            self._framing = _CHUNKED
+            extra.append(b"transfer-encoding: chunked\r\n")
+        else:
+            self._framing = _UNTIL_CLOSE
+            close = True
+        self._close_after = close
+        if close:
+            extra.append(b"connection: close\r\n")
+        if reason == reason_phrase(status) and status in STATUS_LINES_11:
+            lines = [STATUS_LINES_11[status]]
+        else:
+            lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for name, value in headers:
+            if close and name.lower() == b"connection":
+                continue  # replaced by our own connection: close
+            lines += [name, b": ", value, b"\r\n"]
+        lines += extra
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def send_data(self, data: bytes) -> bytes:
+        framing = self._framing
+        if not data or framing == _NONE:
+            return b""
+        if framing == _CHUNKED:
+            return b"%x\r\n%b\r\n" % (len(data), data)
+        if framing == _LENGTH:
+            self._response_left -= len(data)
+            if self._response_left < 0:
+                raise LocalProtocolError("Too much data for declared Content-Length")
+        return data
+
+    def send_end(self, trailers: Headers | None = None) -> bytes:
+        self._response_done = True
+        framing = self._framing
+        if framing == _CHUNKED:
+            if not trailers:
+                return b"0\r\n\r\n"
+            lines = [b"0\r\n"]
+            for name, value in trailers:
+                lines += [name, b": ", value, b"\r\n"]
+            lines.append(b"\r\n")
+            return b"".join(lines)
+        if trailers:
+            raise LocalProtocolError("trailers need chunked framing")
+        if framing == _LENGTH and self._response_left:
+            raise LocalProtocolError("Too little data for declared Content-Length")
+        return b""
