@@ -4,20 +4,24 @@ Each connection is an ``asyncio.Protocol``. Bytes go straight into the engine; a
 call ``_sync`` writes what the engine produced, pauses or resumes reading as the engine asks,
 closes when it says so, and keeps one timer armed for the engine's next deadline. Apps run as one
 task per request; their ``receive``/``send`` are the engine's ASGI translation plus waiting.
+WSGI apps run in a thread pool (``TIERCEL_THREADS`` threads); every engine operation they cause
+is handed back to the loop's thread (``_LoopWsgiHost``), because the engine is not thread-safe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
+from tiercel.apps.loader import resolve_interface
 from tiercel.apps.logs import LoggingObserver
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
@@ -31,12 +35,17 @@ from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
 from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
+from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
 from .sockets import Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
 
+# After sending FIN, how long to keep reading (and discarding) before closing for good.
+LINGER_SECONDS = 2.0
+
 ASGIApp = Callable[..., Coroutine[Any, Any, None]]
+T = TypeVar("T")
 
 
 class _Connection(asyncio.Protocol):
@@ -48,7 +57,9 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._waiters: dict[HttpStream, asyncio.Future[None]] = {}
+        # Waiters per stream: an app may wait in receive() and send() at the same time.
+        self._waiters: dict[HttpStream, list[asyncio.Future[None]]] = {}
+        self._linger: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._reading = True
@@ -85,6 +96,9 @@ class _Connection(asyncio.Protocol):
             self._sync()
 
     def eof_received(self) -> bool:
+        if self._closed and self._transport is not None:
+            self._transport.close()  # lingering close: the peer has finished too
+            return True
         conn = self._conn
         if conn is not None:
             self._dispatch(conn.receive_data(b"", self._loop.time()))
@@ -101,6 +115,8 @@ class _Connection(asyncio.Protocol):
         self._server.context.connection_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         self._dispatch(conn.connection_lost(self._loop.time()))
         self._wake_writers()
 
@@ -140,7 +156,7 @@ class _Connection(asyncio.Protocol):
             transport.write(data)
         if conn.should_close:
             self._closed = True
-            transport.close()
+            self._close_gracefully(transport)
             self._arm_timer()  # the last flush is bounded by the engine's write deadline
             return
         wants_read = conn.wants_read
@@ -151,6 +167,19 @@ class _Connection(asyncio.Protocol):
             else:
                 transport.pause_reading()
         self._arm_timer()
+
+    def _close_gracefully(self, transport: asyncio.Transport) -> None:
+        """Lingering close: send FIN after the last bytes, then read and discard for a moment.
+        Closing with unread bytes in the kernel makes it send a TCP reset, which can destroy
+        the response (a 400, a GOAWAY) before the client reads it."""
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if not self._reading:
+            self._reading = True
+            transport.resume_reading()
+        self._linger = self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def _arm_timer(self) -> None:
         conn = self._conn
@@ -181,9 +210,9 @@ class _Connection(asyncio.Protocol):
             if type(event) is RequestReceived:
                 self._server.start_request(self, event.stream)
             else:
-                waiter = self._waiters.pop(event.stream, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                for waiter in self._waiters.pop(event.stream, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     def _wake_writers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -200,6 +229,11 @@ class _Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
+    @property
+    def active(self) -> bool:
+        """Still serving (not just lingering after its last bytes)."""
+        return not self._closed
+
     # -- the app's side ---------------------------------------------------------------------
 
     async def run_asgi(self, app: ASGIApp, stream: HttpStream) -> None:
@@ -215,13 +249,18 @@ class _Connection(asyncio.Protocol):
                 if message is not None:
                     return message
                 waiter = loop.create_future()
-                self._waiters[stream] = waiter
+                self._waiters.setdefault(stream, []).append(waiter)
                 await waiter
 
         async def send(message: Any) -> None:
             while self._write_paused and not self._closed:
                 waiter = loop.create_future()
                 self._drain_waiters.append(waiter)
+                await waiter
+            # This stream's own buffer is full (HTTP/2 windows); an aborted stream never waits.
+            while not stream.can_write and not stream.aborted:
+                waiter = loop.create_future()
+                self._waiters.setdefault(stream, []).append(waiter)
                 await waiter
             produced = True
             try:
@@ -247,6 +286,116 @@ class _Connection(asyncio.Protocol):
             self._waiters.pop(stream, None)
             self._sync()
 
+    async def run_wsgi(self, stream: HttpStream) -> None:
+        server = self._server
+        host = _LoopWsgiHost(self, stream)
+        errors = WsgiErrors(partial(log.error, "%s"))
+        cycle = WsgiCycle(server.app, stream, host, errors, {"SERVER_SOFTWARE": "tiercel"})
+        try:
+            await self._loop.run_in_executor(server.wsgi_pool, cycle.run)
+        except ClientDisconnected:
+            log.debug("client went away during %r", stream)
+        except Exception:
+            log.exception(
+                "exception in WSGI app while serving %s %s",
+                stream.method,
+                escape_for_log(stream.raw_target),
+            )
+        finally:
+            host.closed = True  # the app's thread may still run (cancelled): it touches nothing
+            problem = cycle.app_finished(self._loop.time())
+            if problem:
+                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+            self._waiters.pop(stream, None)
+            self._sync()
+
+
+class _LoopWsgiHost:
+    """``WsgiHost`` for a WSGI app on a pool thread: engine operations run on the loop."""
+
+    def __init__(self, connection: _Connection, stream: HttpStream) -> None:
+        self._connection = connection
+        self._stream = stream
+        self._loop = connection._loop
+        self._writable = True  # as of the last operation, read on the loop's thread
+        self.closed = False
+
+    def now(self) -> float:
+        return self._loop.time()  # only called on the loop's thread, inside call()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        connection = self._connection
+
+        def operation() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                if self.closed:
+                    raise ClientDisconnected("the request is over")
+                result = fn()
+            except BaseException as exc:
+                connection._sync()
+                future.set_exception(exc)
+            else:
+                connection._sync()
+                self._writable = not connection._write_paused and self._stream.can_write
+                future.set_result(result)
+
+        try:
+            self._loop.call_soon_threadsafe(operation)
+        except RuntimeError:  # the loop is closed
+            raise ClientDisconnected("the server has stopped") from None
+        return self._result(future)
+
+    def _result(self, future: concurrent.futures.Future[T]) -> T:
+        while True:
+            try:
+                return future.result(0.5)
+            except TimeoutError:
+                if future.done():
+                    raise  # the operation itself raised TimeoutError
+                if self.closed or self._loop.is_closed():
+                    future.cancel()
+                    raise ClientDisconnected("the server has stopped") from None
+
+    def _wait(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        try:
+            future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        except RuntimeError:
+            coroutine.close()
+            raise ClientDisconnected("the server has stopped") from None
+        self._result(future)
+
+    def wait_for_body(self, stream: HttpStream) -> None:
+        self._wait(self._body_arrived(stream))
+
+    async def _body_arrived(self, stream: HttpStream) -> None:
+        connection = self._connection
+        while not (
+            stream.body_buffered or stream.body_complete_flag or stream.aborted_flag or self.closed
+        ):
+            waiter = self._loop.create_future()
+            connection._waiters.setdefault(stream, []).append(waiter)
+            await waiter
+
+    def wait_writable(self, stream: HttpStream) -> None:
+        if not self._writable:
+            self._wait(self._can_write(stream))
+
+    async def _can_write(self, stream: HttpStream) -> None:
+        connection = self._connection
+        while not (self.closed or stream.aborted_flag):
+            waiter = self._loop.create_future()
+            if connection._write_paused and not connection._closed:
+                connection._drain_waiters.append(waiter)
+            elif not stream.can_write:
+                connection._waiters.setdefault(stream, []).append(waiter)
+            else:
+                break
+            await waiter
+        self._writable = True
+
 
 class AsyncioServer:
     def __init__(self, app: ASGIApp, options: ServerOptions) -> None:
@@ -259,7 +408,15 @@ class AsyncioServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.listeners: list[Listener] = []
         self.extensions: dict[str, Any] = {}
-        self.lifespan = Lifespan(app, options.lifespan, self.extensions)
+        self.interface = resolve_interface(app, options.interface)
+        # WSGI apps run in a pool of this many threads (made by start()); they have no lifespan.
+        self.wsgi_pool: concurrent.futures.Executor | None = None
+        if self.interface == "wsgi":
+            from .threads_adapter import worker_threads
+
+            self.wsgi_threads = worker_threads()
+        lifespan = "off" if self.interface == "wsgi" else options.lifespan
+        self.lifespan = Lifespan(app, lifespan, self.extensions)
         self.lifespan_state: dict[str, Any] | None = None
         self.stopping = False
         self._servers: list[asyncio.Server] = []
@@ -284,8 +441,12 @@ class AsyncioServer:
             self.context.addresses.addresses[:] = addresses
             self.extensions[ADDRESSES_EXTENSION] = {"addresses": addresses}
             self.extensions[INFORMATIONAL_EXTENSION] = {}
+            if self.interface == "wsgi":
+                from .threads_adapter import DaemonThreadPool
+
+                self.wsgi_pool = DaemonThreadPool(self.wsgi_threads, "tiercel-wsgi")
             await self.lifespan.startup(self._spawn)
-            self.lifespan_state = self.lifespan.state if self.options.lifespan != "off" else None
+            self.lifespan_state = self.lifespan.state if self.lifespan.mode != "off" else None
             self._ticker = self.loop.create_task(self._tick())
             for listener in self.listeners:
                 self._servers.append(
@@ -313,7 +474,10 @@ class AsyncioServer:
             await asyncio.sleep(1.0 - time.time() % 1.0)
 
     def start_request(self, connection: _Connection, stream: HttpStream) -> None:
-        task = self.loop.create_task(connection.run_asgi(self.app, stream))
+        if self.wsgi_pool is not None:
+            task = self.loop.create_task(connection.run_wsgi(stream))
+        else:
+            task = self.loop.create_task(connection.run_asgi(self.app, stream))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -343,22 +507,25 @@ class AsyncioServer:
         for connection in list(self.connections):
             connection.shutdown()
         deadline = self.loop.time() + self.options.shutdown_timeout
-        while self.connections and self.loop.time() < deadline:
+        while self.loop.time() < deadline and any(c.active for c in self.connections):
             await asyncio.sleep(0.05)
-        if self.connections:
+        busy = [c for c in self.connections if c.active]
+        if busy:
             log.warning(
                 "shutdown timeout (%gs): aborting %d connection(s)",
                 self.options.shutdown_timeout,
-                len(self.connections),
+                len(busy),
             )
-            for connection in list(self.connections):
-                connection.abort()
+        for connection in list(self.connections):
+            connection.abort()  # the busy ones, and any still lingering after their last bytes
         request_tasks = [t for t in self.tasks if not t.done()]
         for task in request_tasks:
             task.cancel()
         for task in request_tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self.wsgi_pool is not None:
+            self.wsgi_pool.shutdown(wait=False, cancel_futures=True)
         await self.lifespan.shutdown()
         if self._ticker is not None:
             self._ticker.cancel()

@@ -527,7 +527,8 @@ class Http1Protocol:
             self._pump()
 
     def stream_can_write(self, stream: HttpStream) -> bool:
-        return not stream.aborted_flag
+        # HTTP/1.1 keeps no per-stream buffer: the adapter's transport is the only brake.
+        return True
 
     def stream_finished(self, stream: HttpStream) -> None:
         """Nothing to release: HTTP/1.1 serves one stream at a time and tracks it by phase."""

@@ -45,7 +45,9 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
+from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
@@ -91,9 +93,10 @@ class Http2Limits:
 class _MalformedStream(h2.events.Event):
     """Raised internally by h2 as a connection error; we turn it into a stream reset."""
 
-    def __init__(self, stream_id: int, message: str) -> None:
+    def __init__(self, stream_id: int, message: str, flow_controlled_length: int = 0) -> None:
         self.stream_id = stream_id
         self.message = message
+        self.flow_controlled_length = flow_controlled_length
 
 
 class _ServerH2Connection(h2.connection.H2Connection):
@@ -117,7 +120,9 @@ class _ServerH2Connection(h2.connection.H2Connection):
             if not per_stream or frame.stream_id not in self.streams:
                 raise
             self.reset_stream(frame.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            return [_MalformedStream(frame.stream_id, f"malformed request: {message}")]
+            # A DATA frame was already counted against the connection window: give it back.
+            length = getattr(frame, "flow_controlled_length", 0)
+            return [_MalformedStream(frame.stream_id, f"malformed request: {message}", length)]
 
 
 class _RateWindow:
@@ -164,7 +169,9 @@ class Http2Protocol:
         self._streams: dict[int, HttpStream] = {}
         self._send_buffers: dict[int, bytearray] = {}
         self._ending: set[int] = set()  # streams whose app has sent the last body bytes
-        self._blocked_since: dict[int, float] = {}
+        # Streams with bytes waiting for window: (since, bytes flushed by then).
+        self._blocked_since: dict[int, tuple[float, int]] = {}
+        self._flushed: dict[int, int] = {}  # response bytes sent, per stream
         self._credited: dict[int, int] = {}  # body bytes already credited back, per stream
         self._finished: set[int] = set()  # streams whose app has let go of them
         self._running_apps = 0
@@ -302,6 +309,8 @@ class Http2Protocol:
             self._connection_error(f"HTTP/2 protocol error: {exc}", "h2_protocol_error")
             return self.pop_events()
         for event in events:
+            if self.should_close:
+                break  # a limit tripped mid-batch: the rest of what was read is ignored
             self._handle(event)
         self._flush()
         return self.pop_events()
@@ -327,6 +336,7 @@ class Http2Protocol:
             self._drop_output(event.stream_id)
             self._maybe_retire(event.stream_id)
         elif isinstance(event, _MalformedStream):
+            self._credit_connection(event.flow_controlled_length)
             self._reset_seen(now)
             self._record(None, "h2_malformed_request", event.message)
             stream = self._streams.get(event.stream_id)
@@ -351,26 +361,31 @@ class Http2Protocol:
             if self._settings.hit(now) > self._h2_limits.max_settings_per_second:
                 self._calm_down("SETTINGS flood")
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self._peer_gone()
+            if event.error_code == h2.errors.ErrorCodes.NO_ERROR and self._streams:
+                # The peer opens no more streams (RFC 9113 6.8); those in flight finish, and
+                # the connection closes once they have (as after our own graceful GOAWAY).
+                self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+            else:
+                self._peer_gone()
 
     # -- requests -----------------------------------------------------------------------------
 
     def _start_stream(self, stream_id: int, headers: Headers, ended: bool) -> None:
         self._highest_stream_id = max(self._highest_stream_id, stream_id)
         if self._shutting_down or self._goaway_sent:
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if self._running_apps >= self._h2_limits.max_concurrent_streams:
-            self._reset_seen(self._now)
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             self._record(None, "h2_refused_stream", "too many concurrent streams")
+            self._reset_seen(self._now)
             return
         try:
             request = _parse_request(headers, self._transport.scheme, self._limits)
         except _Malformed as exc:
-            self._reset_seen(self._now)
-            self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            self._reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             self._record(None, "h2_malformed_request", f"malformed request: {exc}")
+            self._reset_seen(self._now)
             return
         root = self._context.config.root_path
         path = request.path
@@ -440,9 +455,15 @@ class Http2Protocol:
     def _credit_connection(self, size: int) -> None:
         if size:
             h2conn = self._h2
+            # process_bytes already counts the increment as granted; sending it through
+            # increment_flow_control_window would count it twice and the window would drift
+            # until no more updates go out. So the frame goes out as acknowledge_received_data
+            # sends its own.
             increment = h2conn._inbound_flow_control_window_manager.process_bytes(size)
             if increment:
-                h2conn.increment_flow_control_window(increment)
+                frame = WindowUpdateFrame(0)
+                frame.window_increment = increment
+                h2conn._prepare_for_sending([frame])
 
     def _credit_stream(self, stream_id: int, size: int) -> None:
         if not size:
@@ -610,7 +631,11 @@ class Http2Protocol:
                         continue
                     size = min(window, h2conn.max_outbound_frame_size, len(buffer))
                     if size <= 0:
-                        self._blocked_since.setdefault(stream_id, self._now)
+                        if stream_id not in self._blocked_since:
+                            self._blocked_since[stream_id] = (
+                                self._now,
+                                self._flushed.get(stream_id, 0),
+                            )
                         continue
                     chunk = bytes(buffer[:size])
                     del buffer[:size]
@@ -622,7 +647,9 @@ class Http2Protocol:
                         h2conn.send_headers(
                             stream_id, self._trailers.pop(stream_id), end_stream=True
                         )
-                    self._blocked_since.pop(stream_id, None)
+                    self._flushed[stream_id] = self._flushed.get(stream_id, 0) + size
+                    if not buffer:
+                        self._blocked_since.pop(stream_id, None)
                     progress = True
                     stream = self._streams.get(stream_id)
                     if stream is not None and len(buffer) < (
@@ -659,6 +686,7 @@ class Http2Protocol:
 
     def _drop_output(self, stream_id: int) -> None:
         self._trailers.pop(stream_id, None)
+        self._flushed.pop(stream_id, None)
         self._send_buffers.pop(stream_id, None)
         self._blocked_since.pop(stream_id, None)
         self._ending.discard(stream_id)
@@ -680,6 +708,7 @@ class Http2Protocol:
         output_done = stream_id not in self._send_buffers and stream_id not in self._ending
         if (stream.response_complete and output_done) or stream.aborted_flag:
             del self._streams[stream_id]
+            self._flushed.pop(stream_id, None)
             self._finished.discard(stream_id)
             self._credited.pop(stream_id, None)
             if not self._streams:
@@ -705,9 +734,8 @@ class Http2Protocol:
             return self.pop_events()
         rate = self._limits.min_response_data_rate
         if rate is not None:
-            for stream_id, since in list(self._blocked_since.items()):
-                pending = len(self._send_buffers.get(stream_id, b""))
-                if now >= since + max(rate.grace_period, pending / rate.bytes_per_second):
+            for stream_id in list(self._blocked_since):
+                if now >= self._stall_deadline(stream_id, rate):
                     stream = self._streams.get(stream_id)
                     if stream is not None:
                         self._record(None, "response_data_rate", "flow-control window stalled")
@@ -729,10 +757,17 @@ class Http2Protocol:
         ]
         rate = self._limits.min_response_data_rate
         if rate is not None:
-            for stream_id, since in self._blocked_since.items():
-                pending = len(self._send_buffers.get(stream_id, b""))
-                candidates.append(since + max(rate.grace_period, pending / rate.bytes_per_second))
+            for stream_id in self._blocked_since:
+                candidates.append(self._stall_deadline(stream_id, rate))
         return min(candidates) if candidates else None
+
+    def _stall_deadline(self, stream_id: int, rate: DataRate) -> float:
+        """A stream held back by flow control must still average the minimum response rate
+        over the time it has been held back (after the grace period), counting only bytes that
+        really went out: a zero window, or one opened a byte at a time, ends in a reset."""
+        since, sent_before = self._blocked_since[stream_id]
+        sent = self._flushed.get(stream_id, 0) - sent_before
+        return since + max(rate.grace_period, sent / rate.bytes_per_second)
 
     def set_write_blocked(self, blocked: bool, now: float, buffered: int = 0) -> None:
         self._now = now
@@ -784,10 +819,24 @@ class Http2Protocol:
         return self.pop_events()
 
     def _goaway(self, code: h2.errors.ErrorCodes) -> None:
-        if not self._goaway_sent:
-            self._goaway_sent = True
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.close_connection(code, last_stream_id=self._highest_stream_id)
+        if self._goaway_sent:
+            return
+        self._goaway_sent = True
+        if code == h2.errors.ErrorCodes.NO_ERROR:
+            # Graceful: the streams in flight must finish, so h2's state machine stays open
+            # (close_connection would make it refuse the peer's WINDOW_UPDATEs and PINGs);
+            # new streams are refused by _start_stream.
+            frame = GoAwayFrame(0)
+            frame.last_stream_id = self._highest_stream_id
+            frame.error_code = code
+            self._h2._prepare_for_sending([frame])
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.close_connection(code, last_stream_id=self._highest_stream_id)
+
+    def _reset_id(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
+            self._h2.reset_stream(stream_id, code)
 
     def _close_after_flush(self) -> None:
         self._closed = True
