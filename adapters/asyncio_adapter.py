@@ -175,7 +175,11 @@ class _Connection(asyncio.Protocol):
         if not transport.can_write_eof():
             transport.close()
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the peer is already gone (reset): nothing to linger for
+            transport.abort()
+            return
         if not self._reading:
             self._reading = True
             transport.resume_reading()

@@ -19,7 +19,9 @@ from .tls import CertificateFiles, TlsOptions
 EXAMPLES = """\
 examples:
   tiercel                                   serve the built-in welcome app on http://localhost:5000
-  tiercel myproject.main:app                serve an ASGI app
+  tiercel myproject.main:app                serve an ASGI or WSGI app (Flask, Django, ...)
+  tiercel myproject.wsgi:app --adapter threads --threads 16
+                                            a WSGI app on blocking sockets and 16 threads
   tiercel myproject.main:create_app --factory
   tiercel app:app --urls "http://0.0.0.0:8080;unix:/run/app.sock"
   TIERCEL_URLS=http://[::]:0 tiercel app:app   any free port on every interface
@@ -82,12 +84,15 @@ def _rate(text: str) -> DataRate | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tiercel",
-        description="Serve an ASGI app with tiercel.",
+        description="Serve an ASGI or WSGI app with tiercel.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "app", nargs="?", metavar="APP", help="module:attribute of an ASGI app (default: welcome)"
+        "app",
+        nargs="?",
+        metavar="APP",
+        help="module:attribute of an ASGI or WSGI app (default: welcome)",
     )
     parser.add_argument("--factory", action="store_true", help="APP is a factory to call")
     parser.add_argument(
@@ -105,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--loop", choices=LOOPS, default="auto", help="auto picks uvloop if present"
     )
+    parser.add_argument(
+        "--threads",
+        type=_count,
+        metavar="N",
+        help="worker threads for WSGI apps, on every adapter "
+        "(env TIERCEL_THREADS; default max(8, 2 x CPUs + 2))",
+    )
     parser.add_argument("--lifespan", choices=LIFESPAN_MODES, default="auto")
     parser.add_argument("--root-path", default="", help="path base the app is mounted at")
     parser.add_argument(
@@ -113,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.lower,
         default="http1andhttp2",
         help="HTTP versions per endpoint; on cleartext both means h1 plus prior-knowledge h2c",
+    )
+    parser.add_argument(
+        "--http1",
+        choices=("fast", "h11"),
+        default="fast",
+        help="HTTP/1.1 codec: tiercel's fast one (default) or h11, the reference",
     )
     tls = parser.add_argument_group("TLS (for https:// URLs)")
     tls.add_argument("--certfile", help="PEM certificate (chain) for https:// URLs")
@@ -176,6 +194,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         limits=limits,
         server_header=None if args.no_server_header else "tiercel",
         root_path=args.root_path,
+        http1_codec=args.http1,
     )
     tls = None
     if args.certfile:
@@ -191,7 +210,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
             sni=sni,
             client_certificate_mode=args.client_certificate_mode,
             ca_certs=args.ca_certs,
-            handshake_timeout=args.handshake_timeout or 10.0,
+            handshake_timeout=args.handshake_timeout,
         )
     elif args.sni or args.keyfile:
         raise ConfigError("--keyfile and --sni need --certfile (the default certificate)")
@@ -219,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args._explicit = _explicit_flags(argv)
     logs.configure(args.log_level)
+    if args.threads:
+        os.environ["TIERCEL_THREADS"] = str(args.threads)  # read by the adapters
 
     from tiercel.adapters.sockets import BindError
 
@@ -243,19 +264,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiercel: error: {exc}", file=sys.stderr)
         return 2
 
+    if options.adapter == "asyncio":
+        runtime = f"asyncio adapter, {loop_name} loop"
+    elif options.adapter == "threads":
+        runtime = f"threads adapter, {server._impl.threads} worker threads"
+    else:
+        runtime = f"{options.adapter} adapter"
+
     def announce(addresses: list[str]) -> None:
         logs.error_log.info(
-            "tiercel %s serving %s (%s adapter, %s loop)",
+            "tiercel %s serving %s (%s, %s)",
             _version(),
             app_name,
-            options.adapter,
-            loop_name,
+            server.interface.upper(),
+            runtime,
         )
         for address in addresses:
             logs.error_log.info("listening on %s", address)
 
     try:
         server.run(on_started=announce)
+    except ConfigError as exc:  # found at start-up, e.g. a certificate file that won't load
+        print(f"tiercel: error: {exc}", file=sys.stderr)
+        return 2
     except (BindError, LifespanFailed) as exc:
         print(f"tiercel: error: {exc}", file=sys.stderr)
         return 1
