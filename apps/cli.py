@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from tiercel.core.addresses import DEFAULT_URLS
 from tiercel.core.config import DataRate, EngineConfig, Limits
 from tiercel.core.errors import ConfigError
+from tiercel.core.http2 import Http2Limits
 
 from . import logs
 from .options import ADAPTERS, INTERFACES, LIFESPAN_MODES, LOOPS, ServerOptions
@@ -132,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="fast",
         help="HTTP/1.1 codec: tiercel's fast one (default) or h11, the reference",
     )
+    http2 = parser.add_argument_group("HTTP/2")
+    http2.add_argument("--http2-max-streams", type=_count, metavar="N", help="default 100")
+    http2.add_argument(
+        "--http2-keep-alive-ping",
+        type=_seconds,
+        metavar="SECONDS",
+        help="PING a silent connection after this long (off by default; 20 s to answer)",
+    )
     tls = parser.add_argument_group("TLS (for https:// URLs)")
     tls.add_argument("--certfile", help="PEM certificate (chain) for https:// URLs")
     tls.add_argument("--keyfile", help="PEM private key, if not inside --certfile")
@@ -214,7 +224,15 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         )
     elif args.sni or args.keyfile:
         raise ConfigError("--keyfile and --sni need --certfile (the default certificate)")
+    http2 = Http2Limits()
+    if args.http2_max_streams is not None or args.http2_keep_alive_ping is not None:
+        http2 = replace(
+            http2,
+            max_concurrent_streams=args.http2_max_streams or http2.max_concurrent_streams,
+            keep_alive_ping_delay=args.http2_keep_alive_ping,
+        )
     return ServerOptions(
+        http2=http2,
         interface=args.interface,
         protocols=args.protocols,
         tls=tls,

@@ -66,6 +66,7 @@ class Server:
         limits: Limits | None = None,
         server_header: str | None = "tiercel",
         root_path: str = "",
+        http1_codec: str = "fast",
         shutdown_timeout: float = 30.0,
         access_log: bool = True,
         lifespan: str = "auto",
@@ -79,7 +80,10 @@ class Server:
             adapter=adapter,
             loop=loop,
             engine=EngineConfig(
-                limits=limits or Limits(), server_header=server_header, root_path=root_path
+                limits=limits or Limits(),
+                server_header=server_header,
+                root_path=root_path,
+                http1_codec=http1_codec,
             ),
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
@@ -94,6 +98,11 @@ class Server:
         """Reload the https certificates from their files (what SIGHUP does)."""
         endpoints = self._impl.endpoints
         return endpoints is not None and endpoints.reload_certificates()
+
+    @property
+    def interface(self) -> str:
+        """How the app is called: "asgi" or "wsgi" (``--interface auto`` resolved)."""
+        return str(getattr(self._impl, "interface", "asgi"))
 
     @property
     def addresses(self) -> list[str]:

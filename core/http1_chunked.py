@@ -27,6 +27,7 @@ _SIZE_LINE = re.compile(
     + rb"))?)*)[ \t]*"
 )
 _FIELD_LINE = re.compile(_TOKEN + rb":[ \t]*[^\x00-\x08\x0a-\x1f\x7f]*")
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 # A chunk-size line (with extensions) or a trailer line longer than this is refused.
 MAX_LINE = 4096
 
@@ -80,9 +81,10 @@ class ChunkedFraming:
                 needed = 2 - len(self._line)
                 self._line += data[position : position + needed]
                 position += min(needed, size - position)
+                # Checked byte by byte, as h11 does: a bad first byte is refused at once.
+                if not b"\r\n".startswith(self._line):
+                    raise _bad("chunk data not followed by CRLF")
                 if len(self._line) == 2:
-                    if self._line != b"\r\n":
-                        raise _bad("chunk data not followed by CRLF")
                     self._line.clear()
                     self._state = _SIZE
                 continue
@@ -104,6 +106,9 @@ class ChunkedFraming:
                 match = _SIZE_LINE.fullmatch(line)
                 if match is None:
                     raise _bad("invalid chunk size or chunk extension")
+                if match.group(2)[:1] in (b" ", b"\t"):
+                    # RFC 9112 allows BWS here, but h11 refuses it; as strict as the reference.
+                    raise _bad("whitespace between the chunk size and a chunk extension")
                 self._left = int(match.group(1), 16)
                 self._state = _DATA if self._left else _TRAILERS
             else:  # _TRAILERS
@@ -115,4 +120,7 @@ class ChunkedFraming:
                     raise _bad("obsolete line folding in the trailer section")
                 if _FIELD_LINE.fullmatch(line) is None:
                     raise _bad("invalid trailer field")
+                if line[: line.index(b":")].lower() in _FRAMING_FIELDS:
+                    # Never valid as trailers (RFC 9110 6.5.1); h11 refuses most of their values.
+                    raise _bad("a framing field (Content-Length, Transfer-Encoding) as trailer")
         return position

@@ -162,7 +162,9 @@ class H11Codec:
         head = parse_head(raw, self._limits)
         del self._inbox[:end]
         try:
-            self._h11.receive_data(raw)
+            # find_head_end skipped empty lines before the request line (RFC 9112 2.2); h11
+            # would refuse them, so it gets the head without them.
+            self._h11.receive_data(raw.lstrip(b"\r\n"))
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             raise RemoteProtocolError(f"malformed request: {exc}", exc.error_status_hint) from None

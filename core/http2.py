@@ -49,7 +49,7 @@ from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
 from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
-from .errors import LocalProtocolError
+from .errors import ConfigError, LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
 from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
@@ -88,6 +88,28 @@ class Http2Limits:
     max_pings_per_second: int = 50
     max_settings_per_second: int = 50
     max_empty_frames_per_second: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_concurrent_streams <= _MAX_STREAM_ID:
+            raise ConfigError(
+                "http2.max_concurrent_streams must be 1 or more "
+                f"(got {self.max_concurrent_streams})"
+            )
+        if not 16_384 <= self.max_frame_size <= 16_777_215:
+            raise ConfigError(
+                f"http2.max_frame_size must be from 16384 to 16777215 (got {self.max_frame_size})"
+            )
+        if not 65_535 <= self.initial_connection_window_size <= _MAX_STREAM_ID:
+            raise ConfigError("http2.initial_connection_window_size must be 65535 to 2^31-1")
+        if not 0 <= self.initial_stream_window_size <= _MAX_STREAM_ID:
+            raise ConfigError("http2.initial_stream_window_size must be 0 to 2^31-1")
+        delay = self.keep_alive_ping_delay
+        if delay is not None and not delay >= 1.0:
+            raise ConfigError(
+                f"http2.keep_alive_ping_delay must be at least 1 second or None (got {delay})"
+            )
+        if not self.keep_alive_ping_timeout > 0:
+            raise ConfigError("http2.keep_alive_ping_timeout must be > 0 seconds")
 
 
 class _MalformedStream(h2.events.Event):
@@ -183,7 +205,8 @@ class Http2Protocol:
         self._idle_deadline: float | None = now + self._limits.keep_alive_timeout
         self._write_deadline: float | None = None
         self._abort = False
-        self._ping_deadline: float | None = None
+        self._ping_deadline: float | None = None  # an unanswered keep-alive PING
+        self._last_received = now  # for keep-alive PINGs: when the peer last sent anything
         self._resets = _RateWindow()
         self._pings = _RateWindow()
         self._settings = _RateWindow()
@@ -303,6 +326,7 @@ class Http2Protocol:
         if not data:
             self._peer_gone()
             return self.pop_events()
+        self._last_received = now
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -730,8 +754,15 @@ class Http2Protocol:
             self._close_after_flush()
             return self.pop_events()
         if self._ping_deadline is not None and now >= self._ping_deadline:
-            self._connection_error("keep-alive PING was not answered in time", "h2_ping_timeout")
+            self._goaway(h2.errors.ErrorCodes.NO_ERROR)
+            self._record(None, "h2_ping_timeout", "keep-alive PING was not answered in time")
+            self._abort_all()
             return self.pop_events()
+        ping_at = self._next_ping()
+        if ping_at is not None and now >= ping_at:
+            # Silence for keep_alive_ping_delay: ask the peer whether it is still there.
+            self._h2.ping(b"tiercel\x00")
+            self._ping_deadline = now + self._h2_limits.keep_alive_ping_timeout
         rate = self._limits.min_response_data_rate
         if rate is not None:
             for stream_id in list(self._blocked_since):
@@ -753,13 +784,26 @@ class Http2Protocol:
         if self._closed:
             return None if self._abort else self._write_deadline
         candidates = [
-            d for d in (self._idle_deadline, self._ping_deadline, self._write_deadline) if d
+            d
+            for d in (
+                self._idle_deadline,
+                self._ping_deadline,
+                self._write_deadline,
+                self._next_ping(),
+            )
+            if d
         ]
         rate = self._limits.min_response_data_rate
         if rate is not None:
             for stream_id in self._blocked_since:
                 candidates.append(self._stall_deadline(stream_id, rate))
         return min(candidates) if candidates else None
+
+    def _next_ping(self) -> float | None:
+        delay = self._h2_limits.keep_alive_ping_delay
+        if delay is None or self._ping_deadline is not None or self._goaway_sent:
+            return None
+        return self._last_received + delay
 
     def _stall_deadline(self, stream_id: int, rate: DataRate) -> float:
         """A stream held back by flow control must still average the minimum response rate

