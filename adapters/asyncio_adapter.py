@@ -60,6 +60,7 @@ class _Connection(asyncio.Protocol):
         # Waiters per stream: an app may wait in receive() and send() at the same time.
         self._waiters: dict[HttpStream, list[asyncio.Future[None]]] = {}
         self._linger: asyncio.TimerHandle | None = None
+        self._peer_eof = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._reading = True
@@ -96,6 +97,7 @@ class _Connection(asyncio.Protocol):
             self._sync()
 
     def eof_received(self) -> bool:
+        self._peer_eof = True
         if self._closed and self._transport is not None:
             self._transport.close()  # lingering close: the peer has finished too
             return True
@@ -172,8 +174,8 @@ class _Connection(asyncio.Protocol):
         """Lingering close: send FIN after the last bytes, then read and discard for a moment.
         Closing with unread bytes in the kernel makes it send a TCP reset, which can destroy
         the response (a 400, a GOAWAY) before the client reads it."""
-        if not transport.can_write_eof():
-            transport.close()
+        if self._peer_eof or not transport.can_write_eof():
+            transport.close()  # the peer has finished sending: nothing to wait for
             return
         try:
             transport.write_eof()

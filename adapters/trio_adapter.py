@@ -13,6 +13,8 @@ Each connection runs three I/O tasks in its own cancel scope, plus its apps:
 ``should_close`` lets the writer flush and then closes; ``should_abort`` cancels the I/O tasks
 and resets the socket. Apps run as one task per request in the connection's nursery; their
 ``receive``/``send`` are the engine's ASGI translation plus waiting for ``StreamUpdated``.
+WSGI apps run on worker threads (``trio.to_thread``) and reach the engine through
+``trio.from_thread`` (``_WsgiHost``).
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import trio
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
+from tiercel.apps.loader import resolve_interface
 from tiercel.apps.logs import LoggingObserver
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
@@ -44,15 +48,17 @@ from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
 from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
+from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
 from .sockets import Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
 
-ASGIApp = Callable[..., Coroutine[Any, Any, None]]
+T = TypeVar("T")
 
 RECEIVE_SIZE = 65_536
 HIGH_WATER = 65_536  # unwritten bytes above which the connection counts as write-blocked
+LINGER_SECONDS = 2.0  # after our FIN, how long to read and discard before closing for good
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 
@@ -83,6 +89,7 @@ class _Connection:
         self._closing = False  # the engine said close: flush, then close
         self._aborting = False  # the engine said abort (or the peer is gone): reset now
         self._closed = False  # the socket is closed and the engine told so
+        self._peer_done = trio.Event()  # end of input (or an error) seen by the reader
         self._writable = trio.lowlevel.ParkingLot()  # the writer waits here for bytes
         self._readable = trio.lowlevel.ParkingLot()  # the reader waits here for wants_read
         self._drained = trio.lowlevel.ParkingLot()  # apps' send waits here while blocked
@@ -94,21 +101,26 @@ class _Connection:
         try:
             async with trio.open_nursery() as apps:
                 self._apps = apps
-                if server.stopping:
-                    self._dispatch(self.conn.shutdown(trio.current_time()))
-                self._sync()
-                with self._io:
-                    async with trio.open_nursery() as io:
-                        io.start_soon(self._read)
-                        io.start_soon(self._time)
-                        await self._write()
-                        io.cancel_scope.cancel()
-                self._close_socket()  # apps still running see the connection gone
-        except* Exception:
-            log.exception("internal error on connection %s; closing it", self.conn.connection_id)
-            self.abort()
-        finally:
-            self._close_socket()  # after an error, or cancelled from outside (a forced stop)
+                try:
+                    if server.stopping:
+                        self._dispatch(self.conn.shutdown(trio.current_time()))
+                    self._sync()
+                    with self._io:
+                        async with trio.open_nursery() as io:
+                            io.start_soon(self._read)
+                            io.start_soon(self._time)
+                            await self._write()
+                            io.cancel_scope.cancel()
+                except* Exception:
+                    self._internal_error()
+                finally:
+                    self._close_socket()  # the apps still running see the connection gone
+        except* Exception:  # raised by the engine after the socket closed
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        log.exception("internal error on connection %s; closing it", self.conn.connection_id)
+        self._aborting = True
 
     # -- engine plumbing --------------------------------------------------------------------
 
@@ -134,6 +146,7 @@ class _Connection:
         if conn.should_close and not self._closing:
             self._closing = True
             self._writable.unpark_all()
+            self._readable.unpark_all()
         elif conn.wants_read:
             self._readable.unpark_all()
         timer = self._timer
@@ -148,7 +161,8 @@ class _Connection:
         for event in events:
             if type(event) is RequestReceived:
                 assert self._apps is not None
-                self._apps.start_soon(self._run_asgi, event.stream)
+                run = self._run_wsgi if self._server.wsgi_threads else self._run_asgi
+                self._apps.start_soon(run, event.stream)
             else:
                 waiter = self._waiters.pop(event.stream, None)
                 if waiter is not None:
@@ -158,15 +172,23 @@ class _Connection:
         conn = self.conn
         receive_some = self._stream.receive_some
         while True:
-            while self._closing or not conn.wants_read:
+            while not (self._closing or conn.wants_read):
                 await self._readable.park()
             try:
                 data = await receive_some(RECEIVE_SIZE)
             except _GONE:
-                self.abort()
+                self._peer_done.set()
+                if not self._closing:
+                    self.abort()
                 return
+            if not data:
+                self._peer_done.set()
             if self._closing:
-                continue  # closing: the engine takes no more input
+                # The engine takes no more input: read and discard until the peer is done
+                # too, so that closing sends no reset that could destroy our last response.
+                if not data:
+                    return
+                continue
             self._dispatch(conn.receive_data(data, trio.current_time()))
             self._sync()
             if not data:
@@ -177,7 +199,11 @@ class _Connection:
         pending = self._pending
         while True:
             if not pending:
-                if self._closing:
+                if self._closing:  # lingering close: FIN, then wait for the peer's (bounded)
+                    with contextlib.suppress(*_GONE):
+                        await self._stream.send_eof()
+                    with trio.move_on_after(LINGER_SECONDS):
+                        await self._peer_done.wait()
                     return
                 await self._writable.park()
                 continue
@@ -219,11 +245,13 @@ class _Connection:
         server.connections.discard(self)
         server.context.connection_closed()
         server.connection_gone.unpark_all()
-        self._dispatch(self.conn.connection_lost(trio.current_time()))
-        for waiter in self._waiters.values():
-            waiter.set()
-        self._waiters.clear()
-        self._drained.unpark_all()
+        try:
+            self._dispatch(self.conn.connection_lost(trio.current_time()))
+        finally:
+            for waiter in self._waiters.values():
+                waiter.set()
+            self._waiters.clear()
+            self._drained.unpark_all()
 
     def shutdown(self) -> None:
         if not self._closed:
@@ -244,6 +272,17 @@ class _Connection:
             waiter = self._waiters[stream] = trio.Event()
         await waiter.wait()
 
+    async def _until_writable(self, stream: HttpStream) -> None:
+        """Wait while the socket is behind (write-blocked) or the stream's own buffer is full
+        (HTTP/2 flow control)."""
+        while not self._closed:
+            if self._write_blocked:
+                await self._drained.park()
+            elif not stream.can_write:
+                await self._wait(stream)
+            else:
+                return
+
     async def _run_asgi(self, stream: HttpStream) -> None:
         server = self._server
         cycle = AsgiHttpCycle(stream)
@@ -259,13 +298,7 @@ class _Connection:
                 await self._wait(stream)
 
         async def send(message: Any) -> None:
-            while not self._closed:
-                if self._write_blocked:
-                    await self._drained.park()
-                elif not stream.can_write:  # HTTP/2: this stream's buffer is full
-                    await self._wait(stream)
-                else:
-                    break
+            await self._until_writable(stream)
             try:
                 cycle.send(message, now())
             finally:
@@ -282,15 +315,91 @@ class _Connection:
                 escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
             )
         finally:
-            problem = cycle.app_finished(now())
-            if problem:
-                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
-            self._waiters.pop(stream, None)
-            self._sync()
+            self._app_finished(stream, cycle.app_finished(now()))
+
+    async def _run_wsgi(self, stream: HttpStream) -> None:
+        server = self._server
+        host = _WsgiHost(self, stream)
+        errors = WsgiErrors(partial(log.error, "%s"))
+        cycle = WsgiCycle(server.app, stream, host, errors, {"SERVER_SOFTWARE": "tiercel"})
+        try:
+            await trio.to_thread.run_sync(
+                cycle.run,
+                limiter=server.wsgi_threads,
+                abandon_on_cancel=True,
+                thread_name="tiercel-wsgi",
+            )
+        except ClientDisconnected:
+            log.debug("client went away during %r", stream)
+        except Exception:
+            log.exception(
+                "exception in WSGI app while serving %s %s",
+                stream.method,
+                escape_for_log(stream.raw_target),
+            )
+        finally:
+            host.closed = True  # a thread abandoned by a forced stop touches nothing more
+            self._app_finished(stream, cycle.app_finished(trio.current_time()))
+
+    def _app_finished(self, stream: HttpStream, problem: str | None) -> None:
+        if problem:
+            log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+        self._waiters.pop(stream, None)
+        self._sync()
+
+
+class _WsgiHost:
+    """``WsgiHost`` for a WSGI app on a worker thread: each engine operation and each wait
+    hops to the trio thread (``trio.from_thread``), because the engine is not thread-safe."""
+
+    def __init__(self, connection: _Connection, stream: HttpStream) -> None:
+        self._connection = connection
+        self._stream = stream
+        self._writable = True  # as of the last operation
+        self.closed = False
+
+    def now(self) -> float:
+        return trio.current_time()  # only called inside call(), on the trio thread
+
+    def call(self, fn: Callable[[], T]) -> T:
+        connection = self._connection
+
+        def operation() -> T:
+            if self.closed:
+                raise ClientDisconnected("the request is over")
+            try:
+                return fn()
+            finally:
+                connection._sync()
+                self._writable = not connection._write_blocked and self._stream.can_write
+
+        result: T = self._hop(trio.from_thread.run_sync, operation)
+        return result
+
+    def wait_for_body(self, stream: HttpStream) -> None:
+        async def arrived() -> None:
+            while not (
+                stream.body_buffered or stream.body_complete_flag or stream.aborted_flag
+            ) and not (self.closed or self._connection._closed):
+                await self._connection._wait(stream)
+
+        self._hop(trio.from_thread.run, arrived)
+
+    def wait_writable(self, stream: HttpStream) -> None:
+        if not self._writable:
+            self._hop(trio.from_thread.run, self._connection._until_writable, stream)
+            self._writable = True
+
+    def _hop(self, via: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return via(fn, *args)
+        except (trio.RunFinishedError, trio.Cancelled):
+            raise ClientDisconnected("the server has stopped") from None
 
 
 class TrioServer:
-    def __init__(self, app: ASGIApp, options: ServerOptions) -> None:
+    def __init__(self, app: Any, options: ServerOptions) -> None:
+        """``app`` is an ASGI app, or a WSGI one (``options.interface``, or detected)."""
         self.app = app
         self.options = options
         self.context = ServerContext(
@@ -300,7 +409,15 @@ class TrioServer:
         self.connection_gone = trio.lowlevel.ParkingLot()
         self.listeners: list[Listener] = []
         self.extensions: dict[str, Any] = {}
-        self.lifespan = Lifespan(app, options.lifespan, self.extensions)
+        self.interface = resolve_interface(app, options.interface)
+        # WSGI apps run on worker threads, at most this many at once; they have no lifespan.
+        self.wsgi_threads: trio.CapacityLimiter | None = None
+        if self.interface == "wsgi":
+            from .threads_adapter import worker_threads
+
+            self.wsgi_threads = trio.CapacityLimiter(worker_threads())
+        lifespan = "off" if self.interface == "wsgi" else options.lifespan
+        self.lifespan = Lifespan(app, lifespan, self.extensions)
         self.lifespan_state: dict[str, Any] | None = None
         self.endpoints: EndpointManager | None = None
         self.stopping = False
@@ -316,7 +433,9 @@ class TrioServer:
         if self._stop_requested is not None:
             self._stop_requested.set()
 
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Bind, run the lifespan startup, accept until ``request_stop``, then stop gracefully.
         ``task_status.started`` reports the bound addresses."""
         self._stop_requested = trio.Event()
@@ -328,7 +447,7 @@ class TrioServer:
             for listener in self.listeners:
                 listener.close()
 
-    async def _serve(self, task_status: Any) -> None:
+    async def _serve(self, task_status: trio.TaskStatus[list[str]]) -> None:
         assert self._stop_requested is not None
         self.endpoints = EndpointManager(self.options, self.listeners)
         addresses = [listener.url for listener in self.listeners]
@@ -341,24 +460,28 @@ class TrioServer:
                 background.start_soon(fn, *args)
 
             await self.lifespan.startup(spawn)
-            self.lifespan_state = self.lifespan.state if self.options.lifespan != "off" else None
+            self.lifespan_state = self.lifespan.state if self.lifespan.mode != "off" else None
             background.start_soon(self._tick)
             sockets = [trio.socket.from_stdlib_socket(lis.sock) for lis in self.listeners]
             async with trio.open_nursery() as connections:
                 connections.start_soon(self._accept_all, sockets, connections)
                 task_status.started(list(addresses))
                 await self._stop_requested.wait()
-                await self._stop(sockets, connections)
+                await self._stop(connections)
             await self.lifespan.shutdown()
             background.cancel_scope.cancel()
 
     async def _accept_all(
         self, sockets: list[trio.socket.SocketType], connections: trio.Nursery
     ) -> None:
-        with self._accepting:
-            async with trio.open_nursery() as acceptors:
-                for listener, sock in zip(self.listeners, sockets, strict=True):
-                    acceptors.start_soon(self._accept, sock, listener, connections)
+        try:
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener, sock in zip(self.listeners, sockets, strict=True):
+                        acceptors.start_soon(self._accept, sock, listener, connections)
+        finally:
+            for sock in sockets:
+                sock.close()  # refuse new connections from now on
 
     async def _accept(
         self, sock: trio.socket.SocketType, listener: Listener, connections: trio.Nursery
@@ -378,19 +501,19 @@ class TrioServer:
                 continue
             try:
                 connection = _Connection(self, stream, listener)
-            except OSError:  # the peer left before we could ask its address
+            except Exception as exc:
+                if not isinstance(exc, OSError):  # OSError: the peer left already
+                    log.exception("cannot serve a new connection")
                 self.context.connection_closed()
                 stream.socket.close()
                 continue
             connections.start_soon(connection.run)
 
-    async def _stop(self, sockets: list[trio.socket.SocketType], connections: trio.Nursery) -> None:
+    async def _stop(self, connections: trio.Nursery) -> None:
         """Stop accepting, let requests in flight finish (up to the shutdown timeout), abort
         what is left, then cancel the apps still running."""
         self.stopping = True
         self._accepting.cancel()
-        for sock in sockets:
-            sock.close()  # refuse new connections now
         for connection in list(self.connections):
             connection.shutdown()
         with trio.move_on_after(self.options.shutdown_timeout):
@@ -453,7 +576,9 @@ class TrioServer:
                                 connection.abort()
                             nursery.cancel_scope.cancel()
 
-                async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                async def serve(
+                    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+                ) -> None:
                     await self.serve(task_status=task_status)
                     nursery.cancel_scope.cancel()
 

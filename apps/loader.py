@@ -1,5 +1,6 @@
 """Finding the app the user named: ``module:attribute`` (attribute may be dotted), optionally a
-factory to call. Every failure is one ``AppLoadError`` line, never a traceback."""
+factory to call. Every failure is one ``AppLoadError`` line, never a traceback. Also: telling an
+ASGI app from a WSGI one (``--interface auto``)."""
 
 from __future__ import annotations
 
@@ -50,13 +51,46 @@ def load_app(spec: str, factory: bool = False) -> Any:
         except Exception as exc:
             raise AppLoadError(f"the factory {spec!r} raised: {_last_frame(exc)}") from None
     if not callable(app):
-        raise AppLoadError(f"{spec!r} is not callable, so it is not an ASGI app")
+        raise AppLoadError(f"{spec!r} is not callable, so it is neither an ASGI nor a WSGI app")
     return app
 
 
 def looks_like_asgi3(app: Any) -> bool:
     target = app if inspect.isroutine(app) else getattr(app, "__call__", app)  # noqa: B004
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(app)
+
+
+def detect_interface(app: Any) -> str | None:
+    """Which interface ``app`` speaks: "asgi", "wsgi", or None when it is not clear.
+
+    An async callable is ASGI 3. An object with a ``wsgi_app`` method (Flask) is WSGI. Otherwise
+    the call signature decides: two positional parameters ``(environ, start_response)`` is WSGI,
+    three ``(scope, receive, send)`` is ASGI (a sync callable that returns an awaitable, as some
+    middleware does). ``*args``, C callables and anything else are unclear.
+    """
+    if looks_like_asgi3(app):
+        return "asgi"
+    if callable(getattr(app, "wsgi_app", None)):
+        return "wsgi"
+    try:
+        signature = inspect.signature(app)
+    except (TypeError, ValueError):
+        return None
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = list(signature.parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return None
+    required = [p for p in params if p.kind in positional and p.default is p.empty]
+    if any(p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty for p in params):
+        return None
+    return {2: "wsgi", 3: "asgi"}.get(len(required))
+
+
+def resolve_interface(app: Any, requested: str, unclear: str = "asgi") -> str:
+    """The interface to call ``app`` with: ``requested`` unless it is "auto"."""
+    if requested != "auto":
+        return requested
+    return detect_interface(app) or unclear
 
 
 def _last_frame(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run wrk and h2load against tiercel and its peers side by side, on the same app.
 
-Usage: python benchmarks/run.py [--scenarios h1,h2c,tls-h1,tls-h2] [--duration 10]
+Usage: python benchmarks/run.py [--scenarios h1,h2c,tls-h1,tls-h2,trio-h1,trio-h2c,wsgi-h1]
+                                [--duration 10]
                                 [--connections 64] [--h2-connections 16] [--h2-streams 10]
                                 [--path /] [--servers tiercel,hypercorn-asyncio,...]
                                 [--json PATH] [--markdown PATH]
@@ -46,6 +47,9 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 APP = "app_asgi:app"
+WSGI_APP = "app_wsgi:app"
+# Worker threads for both WSGI servers, so the comparison is like for like.
+WSGI_THREADS = 4
 WARMUP_SECONDS = 2
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
@@ -99,6 +103,21 @@ def _tiercel(loop: str, tls: bool = False, protocols: str | None = None) -> Serv
     args += ("--no-access-log", "--log-level", "warning", "--loop", loop)
     needs = ("tiercel", "uvloop") if loop == "uvloop" else ("tiercel",)
     return Server("tiercel" if loop == "uvloop" else f"tiercel-{loop}", args, needs)
+
+
+def _tiercel_adapter(adapter: str, app: str, extra: tuple[str, ...] = ()) -> Server:
+    """tiercel on another adapter (trio, threads) for the adapter-against-peer scenarios."""
+    args: tuple[str, ...] = ("-m", "tiercel.apps.cli", app, "--adapter", adapter)
+    args += ("--urls", f"http://{HOST}:{{port}}", "--no-access-log", "--log-level", "warning")
+    args += extra
+    needs = ("tiercel", "trio") if adapter == "trio" else ("tiercel",)
+    name = f"tiercel-{adapter}" + ("-wsgi" if app == WSGI_APP else "")
+    return Server(name, args, needs)
+
+
+def _waitress() -> Server:
+    args = ("-m", "waitress", f"--listen={HOST}:{{port}}", f"--threads={WSGI_THREADS}", WSGI_APP)
+    return Server("waitress-wsgi", args, ("waitress",))
 
 
 def _uvicorn(http: str, loop: str, tls: bool = False) -> Server:
@@ -165,6 +184,30 @@ SCENARIOS: dict[str, Scenario] = {
             True,
             (_tiercel("uvloop", tls=True), _hypercorn("asyncio", tls=True)),
         ),
+        Scenario(
+            "trio-h1",
+            "trio adapter against hypercorn's trio worker, HTTP/1.1 (wrk)",
+            "wrk",
+            False,
+            (_tiercel_adapter("trio", APP), _hypercorn("trio")),
+        ),
+        Scenario(
+            "trio-h2c",
+            "trio adapter against hypercorn's trio worker, h2c (h2load)",
+            "h2load",
+            False,
+            (_tiercel_adapter("trio", APP), _hypercorn("trio")),
+        ),
+        Scenario(
+            "wsgi-h1",
+            f"threads adapter with WSGI against waitress, {WSGI_THREADS} threads each (wrk)",
+            "wrk",
+            False,
+            (
+                _tiercel_adapter("threads", WSGI_APP, ("--threads", str(WSGI_THREADS))),
+                _waitress(),
+            ),
+        ),
     )
 }
 # Every row name, in first-seen order (the --servers choices).
@@ -178,6 +221,8 @@ INSTALL_HINT: dict[str, str] = {
     "hypercorn": "pip install hypercorn (or pip install -e '.[bench]')",
     "h11": "pip install h11",
     "tiercel": "pip install -e . from the repository root",
+    "trio": "pip install trio (or pip install -e '.[trio]')",
+    "waitress": "pip install waitress (or pip install -e '.[bench]')",
 }
 TOOL_HINT: dict[str, str] = {
     "wrk": "install it with `apt-get install -y wrk` (Debian package wrk)",
@@ -867,7 +912,10 @@ def main(argv: list[str] | None = None) -> int:
             ]
 
     for scenario_results in results.values():
-        base = next((r for r in scenario_results if r.server == "tiercel" and r.req_per_s), None)
+        # The reference is the scenario's first tiercel row (tiercel-trio in trio-h1, ...).
+        base = next(
+            (r for r in scenario_results if r.server.startswith("tiercel") and r.req_per_s), None
+        )
         for r in scenario_results:
             if base is not None and base.req_per_s and r.req_per_s is not None:
                 r.vs_tiercel = r.req_per_s / base.req_per_s
