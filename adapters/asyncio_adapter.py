@@ -259,6 +259,12 @@ class _Connection(asyncio.Protocol):
                 await waiter
 
         async def send(message: Any) -> None:
+            transport = self._transport
+            if transport is not None and transport.is_closing() and not self._closed:
+                # The peer reset: asyncio reports connection_lost a moment later (call_soon).
+                # Yield so it runs and aborts the stream; otherwise an app that keeps sending
+                # would spin here, writing into a dead transport, and starve the whole loop.
+                await asyncio.sleep(0)
             while self._write_paused and not self._closed:
                 waiter = loop.create_future()
                 self._drain_waiters.append(waiter)

@@ -275,6 +275,10 @@ class _Connection:
     async def _until_writable(self, stream: HttpStream) -> None:
         """Wait while the socket is behind (write-blocked) or the stream's own buffer is full
         (HTTP/2 flow control)."""
+        if self._aborting:
+            # The socket failed and is being torn down; let that run (it aborts the stream, so
+            # the next send raises ClientDisconnected) instead of spinning without a checkpoint.
+            await trio.lowlevel.checkpoint()
         while not self._closed:
             if self._write_blocked:
                 await self._drained.park()
