@@ -12,7 +12,9 @@ from typing import Any, NoReturn
 from tiercel.core.addresses import DEFAULT_URLS
 from tiercel.core.config import DataRate, EngineConfig, Limits
 from tiercel.core.errors import ConfigError
+from tiercel.core.forwarded import ForwardedHeaders, ForwardedOptions, parse_networks
 from tiercel.core.http2 import Http2Limits
+from tiercel.core.proxy_protocol import ProxyProtocolSettings
 
 from . import logs
 from .options import ADAPTERS, INTERFACES, LIFESPAN_MODES, LOOPS, ServerOptions
@@ -142,6 +144,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="PING a silent connection after this long (off by default; 20 s to answer)",
     )
+    proxy = parser.add_argument_group("behind a reverse proxy")
+    proxy.add_argument(
+        "--forwarded-headers",
+        nargs="?",
+        const="x-forwarded",
+        choices=("x-forwarded", "forwarded"),
+        help="believe the headers a trusted proxy writes: X-Forwarded-For/-Proto/-Host/-Prefix "
+        "(the default, what nginx and HAProxy send) or RFC 7239 Forwarded. Enable only the "
+        "kind your proxy writes: a client could forge the other kind",
+    )
+    proxy.add_argument(
+        "--proxy-protocol",
+        choices=("off", "required", "optional"),
+        default="off",
+        help="PROXY protocol v1/v2 on every endpoint: required (connections without a header "
+        "are closed) or optional (direct clients are served too)",
+    )
+    proxy.add_argument(
+        "--proxy-trusted",
+        metavar="CIDR[,CIDR...]",
+        help="who may send a PROXY header (default 127.0.0.0/8,::1)",
+    )
+    proxy.add_argument(
+        "--forwarded-trusted",
+        metavar="CIDR[,CIDR...]",
+        help="proxies whose forwarded headers count (default 127.0.0.0/8,::1)",
+    )
+    proxy.add_argument(
+        "--forward-limit", metavar="N|none", help="proxy hops to process (default 1)"
+    )
+    proxy.add_argument(
+        "--allowed-hosts",
+        metavar="HOST[,HOST...]",
+        help="answer 400 to other Host values; *.example.com matches subdomains",
+    )
     tls = parser.add_argument_group("TLS (for https:// URLs)")
     tls.add_argument("--certfile", help="PEM certificate (chain) for https:// URLs")
     tls.add_argument("--keyfile", help="PEM private key, if not inside --certfile")
@@ -205,6 +242,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         server_header=None if args.no_server_header else "tiercel",
         root_path=args.root_path,
         http1_codec=args.http1,
+        forwarded=_forwarded_options(args),
     )
     tls = None
     if args.certfile:
@@ -232,6 +270,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
             keep_alive_ping_delay=args.http2_keep_alive_ping,
         )
     return ServerOptions(
+        proxy_protocol=_proxy_protocol_settings(args),
         http2=http2,
         interface=args.interface,
         protocols=args.protocols,
@@ -243,6 +282,43 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         shutdown_timeout=args.shutdown_timeout,
         access_log=not args.no_access_log,
         lifespan=args.lifespan,
+    )
+
+
+def _proxy_protocol_settings(args: argparse.Namespace) -> ProxyProtocolSettings | None:
+    if args.proxy_protocol == "off":
+        if args.proxy_trusted is not None:
+            raise ConfigError("--proxy-trusted needs --proxy-protocol required|optional")
+        return None
+    extra: dict[str, Any] = {}
+    if args.proxy_trusted is not None:
+        extra["trusted"] = tuple(n.strip() for n in args.proxy_trusted.split(",") if n.strip())
+    return ProxyProtocolSettings(required=args.proxy_protocol == "required", **extra)
+
+
+def _forwarded_options(args: argparse.Namespace) -> ForwardedOptions | None:
+    if not args.forwarded_headers:
+        for flag in ("forwarded_trusted", "forward_limit"):
+            if getattr(args, flag) is not None:
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --forwarded-headers")
+        if not args.allowed_hosts:
+            return None
+    extra: dict[str, Any] = {}
+    if args.forwarded_trusted is not None:
+        extra["known_networks"] = parse_networks(args.forwarded_trusted, "--forwarded-trusted")
+    if args.forward_limit is not None:
+        text = args.forward_limit.strip().lower()
+        if text != "none" and not text.isdigit():
+            raise ConfigError(f"--forward-limit: expected a number or 'none' (got {text!r})")
+        extra["forward_limit"] = None if text == "none" else int(text)
+    return ForwardedOptions(
+        headers={
+            None: ForwardedHeaders.NONE,
+            "x-forwarded": ForwardedHeaders.X_FORWARDED_ALL,
+            "forwarded": ForwardedHeaders.FORWARDED,
+        }[args.forwarded_headers],
+        allowed_hosts=tuple(h for h in (args.allowed_hosts or "").split(",") if h.strip()),
+        **extra,
     )
 
 

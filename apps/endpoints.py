@@ -32,7 +32,9 @@ class EndpointManager:
             if listener.url.startswith("https:") and self.store is not None:
                 assert self.options.tls is not None
                 tls = TlsSettings(self.store.default, self.options.tls.handshake_timeout)
-            listener.settings = EndpointSettings(protocols, tls, self.options.http2)
+            listener.settings = EndpointSettings(
+                protocols, tls, self.options.http2, self.options.proxy_protocol
+            )
 
     def reload_certificates(self) -> bool:
         if self.store is None or not self.store.reload():

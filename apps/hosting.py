@@ -13,6 +13,8 @@ from typing import Any
 from tiercel.core.addresses import DEFAULT_URLS
 from tiercel.core.config import EngineConfig, Limits
 from tiercel.core.errors import ConfigError
+from tiercel.core.forwarded import ForwardedOptions
+from tiercel.core.proxy_protocol import ProxyProtocolSettings
 
 from .options import ServerOptions
 from .tls import TlsOptions
@@ -73,6 +75,8 @@ class Server:
         protocols: str = "http1andhttp2",
         tls: TlsOptions | None = None,
         interface: str = "auto",
+        forwarded: ForwardedOptions | None = None,
+        proxy_protocol: ProxyProtocolSettings | None = None,
         options: ServerOptions | None = None,
     ) -> None:
         self.options = options or ServerOptions(
@@ -84,6 +88,7 @@ class Server:
                 server_header=server_header,
                 root_path=root_path,
                 http1_codec=http1_codec,
+                forwarded=forwarded,
             ),
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
@@ -91,6 +96,7 @@ class Server:
             protocols=protocols,
             tls=tls,
             interface=interface,
+            proxy_protocol=proxy_protocol,
         )
         self._impl: Any = adapter_class(self.options.adapter)(app, self.options)
 

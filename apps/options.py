@@ -9,6 +9,7 @@ from tiercel.core.config import EngineConfig
 from tiercel.core.connection import HTTP1, HTTP2
 from tiercel.core.errors import ConfigError
 from tiercel.core.http2 import Http2Limits
+from tiercel.core.proxy_protocol import ProxyProtocolSettings
 
 from .tls import TlsOptions
 
@@ -38,6 +39,7 @@ class ServerOptions:
     tls: TlsOptions | None = None
     http2: Http2Limits = field(default_factory=Http2Limits)
     endpoints: tuple[Endpoint, ...] = ()
+    proxy_protocol: ProxyProtocolSettings | None = None  # PROXY v1/v2 on every listener
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError
+from .forwarded import ForwardedOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,8 @@ class EngineConfig:
     root_path: str = ""
     # "fast" (tiercel's own) or "h11" (the reference codec) for HTTP/1.1.
     http1_codec: str = "fast"
+    # Forwarded headers and host filtering (core/forwarded.py); None leaves both off.
+    forwarded: ForwardedOptions | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.limits, Limits):
@@ -114,6 +117,10 @@ class EngineConfig:
             raise ConfigError(
                 "server_header must be printable ASCII (got "
                 f"{self.server_header!r}); use None to send no Server header"
+            )
+        if self.forwarded is not None and not isinstance(self.forwarded, ForwardedOptions):
+            raise ConfigError(
+                f"forwarded must be ForwardedOptions or None (got {self.forwarded!r})"
             )
         if self.http1_codec not in ("fast", "h11"):
             raise ConfigError(f"http1_codec must be 'fast' or 'h11' (got {self.http1_codec!r})")

@@ -9,13 +9,14 @@ connection preface is unmistakable). Adapters never see which protocol runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .context import ServerContext, TransportInfo
 from .errors import ConfigError
 from .events import Event
 from .http1 import Http1Protocol
 from .http2 import PREFACE, Http2Limits, Http2Protocol
+from .proxy_protocol import ProxyProtocolConnection, ProxyProtocolSettings
 from .switching import rebind
 from .tls import TlsConnection, TlsSettings
 
@@ -68,6 +69,8 @@ class EndpointSettings:
     protocols: frozenset[str] = frozenset({HTTP1, HTTP2})
     tls: TlsSettings | None = None
     http2: Http2Limits = field(default_factory=Http2Limits)
+    # PROXY protocol v1/v2 before anything else (TLS included); None: off.
+    proxy_protocol: ProxyProtocolSettings | None = None
 
     def __post_init__(self) -> None:
         unknown = self.protocols - {HTTP1, HTTP2}
@@ -100,6 +103,20 @@ def open_connection(
     transport: TransportInfo,
     now: float,
     endpoint: EndpointSettings = DEFAULT_ENDPOINT,
+) -> EngineConnection:
+    if endpoint.proxy_protocol is not None:
+
+        def after_header(info: TransportInfo, at: float) -> EngineConnection:
+            return _open(context, info, at, endpoint)
+
+        return ProxyProtocolConnection(
+            context, transport, now, endpoint.proxy_protocol, after_header
+        )
+    return _open(context, transport, now, endpoint)
+
+
+def _open(
+    context: ServerContext, transport: TransportInfo, now: float, endpoint: EndpointSettings
 ) -> EngineConnection:
     if endpoint.tls is not None:
 
@@ -134,6 +151,8 @@ class PrefaceSniffer:
         self._deadline = now + context.config.limits.keep_alive_timeout
         self._closed = False
         self.connection_id = ""
+        # The object the adapter holds (a PROXY protocol reader may stand in front of this).
+        self.front: Any = self
 
     def _choose(self, now: float) -> EngineConnection | None:
         buffer = self._buffer
@@ -143,8 +162,10 @@ class PrefaceSniffer:
         inner = _by_name(name, self._context, self._transport, now, self._endpoint)
         self._inner = inner
         if isinstance(inner, Http1Protocol):
-            inner.front = self  # an h2c upgrade later rebinds this object, not just inner
+            inner.front = self.front  # an h2c upgrade later rebinds that object, not just inner
         rebind(self, inner)
+        if self.front is not self:
+            rebind(self.front, inner)
         return inner
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:

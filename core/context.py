@@ -16,6 +16,7 @@ from .config import EngineConfig
 from .dates import HttpDate
 
 if TYPE_CHECKING:
+    from .proxy_protocol import ProxyHeader
     from .stream import HttpStream
     from .tls import TlsInfo
 
@@ -28,6 +29,7 @@ class TransportInfo:
     remote_address: tuple[str, int] | None = None
     scheme: str = "http"
     tls: TlsInfo | None = None
+    proxy: ProxyHeader | None = None  # the PROXY protocol header, TLVs included, when one came
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
 from .events import Event, RequestReceived, StreamUpdated
+from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_codec import (
     CLOSED,
@@ -387,6 +388,9 @@ class Http1Protocol:
             start_time=now,
             wall_time=self._context.wall_time,
         )
+        forwarded = self._context.config.forwarded
+        if forwarded is not None and (refusal := apply_forwarded(stream, forwarded)):
+            raise refusal  # _pump answers it (400) before any app runs
         self._stream = stream
         self._continue_sent = False
         self._drained = 0

@@ -51,6 +51,7 @@ from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import ConfigError, LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
+from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
 from .stream import HttpStream
@@ -271,6 +272,7 @@ class Http2Protocol:
             content_length=request.request_content_length,
             has_body=False,
         )
+        stream.remote_address = request.remote_address  # forwarded headers already applied
         if body:
             stream.body_arrived(body)
         self._running_apps += 1
@@ -429,6 +431,14 @@ class Http2Protocol:
             content_length=request.content_length,
             has_body=not ended,
         )
+        forwarded = self._context.config.forwarded
+        if (
+            forwarded is not None
+            and request.error_status is None
+            and (refusal := apply_forwarded(stream, forwarded))
+        ):
+            request.error_status, request.error_reason = refusal.status, refusal.reason
+            request.error_message = str(refusal)
         if request.error_status is not None:
             # Limits that HTTP/1.1 answers with a status get the same status here; no app runs.
             self._record(request.error_status, request.error_reason, request.error_message)
