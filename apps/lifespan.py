@@ -32,7 +32,6 @@ class Lifespan:
         self._to_app: anyio.abc.ObjectSendStream[dict[str, Any]] | None = None
         self._from_app: anyio.abc.ObjectReceiveStream[dict[str, Any]] | None = None
         self._supported = mode != "off"
-        self._done = anyio.Event()
         self._error: str | None = None
         self._received_any = False
 
@@ -99,5 +98,3 @@ class Lifespan:
             else:
                 log.info("the app does not support lifespan (%s); continuing", self._error)
             self._supported = False
-        finally:
-            self._done.set()

@@ -31,7 +31,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .context import Rejection, ServerContext, TransportInfo
-from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
+from .errors import RemoteProtocolError, RequestBodyTooLarge
 from .events import Event, RequestReceived, StreamUpdated
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
@@ -63,7 +63,6 @@ class Phase(Enum):
     CLOSED = "closed"
 
 
-_NO_BODY_STATUSES = frozenset({204, 304})
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -570,18 +569,10 @@ class Http1Protocol:
 
     # -- internals: output --------------------------------------------------------------------
 
-    def _body_allowed(self, stream: HttpStream) -> bool:
-        return stream.method != "HEAD" and stream.status not in _NO_BODY_STATUSES
-
     def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
-        stream.run_on_starting()
+        stream.begin_response()
         status = stream.status
-        if not isinstance(status, int) or not 200 <= status <= 999:
-            raise LocalProtocolError(
-                f"response status must be an int from 200 to 999 (got {status!r})"
-            )
         headers = stream.response_headers
-        validate_response_headers(headers)
         has_date = has_server = has_length = False
         for name, _ in headers:
             lowered = name.lower()
@@ -596,7 +587,7 @@ class Http1Protocol:
             extra.append((b"date", self._context.date.value))
         if not has_server and self._context.server_header:
             extra.append((b"server", self._context.server_header))
-        body_allowed = self._body_allowed(stream)
+        body_allowed = stream.body_allowed
         if end and not has_length and (body_allowed or (stream.method == "HEAD" and data)):
             # For HEAD, the length of the body the app produced (and we drop) is what GET
             # would have said.
@@ -626,7 +617,7 @@ class Http1Protocol:
         return length - stream.body_received > self._limits.max_drain_size
 
     def _send_data(self, stream: HttpStream, data: bytes, end: bool) -> None:
-        if data and self._body_allowed(stream):
+        if data and stream.body_allowed:
             self._out.append(self._codec.send_data(data))
             stream.bytes_sent += len(data)
 

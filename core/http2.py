@@ -49,7 +49,7 @@ from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
 from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
-from .errors import ConfigError, LocalProtocolError
+from .errors import ConfigError
 from .events import Event, RequestReceived, StreamUpdated
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
@@ -68,7 +68,6 @@ _UPGRADE_HOP_BY_HOP = frozenset(
     {b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding"}
 )
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
-_NO_BODY_STATUSES = frozenset({204, 304})
 _MAX_STREAM_ID = 2**31 - 1
 
 
@@ -575,7 +574,7 @@ class Http2Protocol:
             ]
         if not stream.response_started:
             self._send_head(stream, data, end and not trailers)
-        elif data and self._body_allowed(stream):
+        elif data and stream.body_allowed:
             self._send_buffers.setdefault(stream_id, bytearray()).extend(data)
             stream.bytes_sent += len(data)
         if end:
@@ -586,17 +585,9 @@ class Http2Protocol:
             self._wake(stream)
         self._flush()
 
-    def _body_allowed(self, stream: HttpStream) -> bool:
-        return stream.method != "HEAD" and stream.status not in _NO_BODY_STATUSES
-
     def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
-        stream.run_on_starting()
+        stream.begin_response()
         status = stream.status
-        if not isinstance(status, int) or not 200 <= status <= 999:
-            raise LocalProtocolError(
-                f"response status must be an int from 200 to 999 (got {status!r})"
-            )
-        validate_response_headers(stream.response_headers)
         headers: Headers = [(b":status", str(status).encode())]
         has_date = has_server = has_length = False
         for name, value in stream.response_headers:
@@ -614,7 +605,7 @@ class Http2Protocol:
             headers.append((b"date", self._context.date.value))
         if not has_server and self._context.server_header:
             headers.append((b"server", self._context.server_header))
-        body_allowed = self._body_allowed(stream)
+        body_allowed = stream.body_allowed
         if end and not has_length and body_allowed:
             headers.append((b"content-length", str(len(data)).encode()))
         stream.response_started = True

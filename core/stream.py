@@ -12,11 +12,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import LocalProtocolError
+from .headers import validate_response_headers
 
 if TYPE_CHECKING:
     from .context import TransportInfo
 
 Headers = list[tuple[bytes, bytes]]
+
+_NO_BODY_STATUSES = frozenset({204, 304})
 
 
 class ClientDisconnected(OSError):
@@ -233,6 +236,22 @@ class HttpStream:
         callbacks, self._on_completed = self._on_completed, []
         for callback in reversed(callbacks):
             callback()
+
+    @property
+    def body_allowed(self) -> bool:
+        """Whether the response may carry a body (not for HEAD, 204 or 304)."""
+        return self.method != "HEAD" and self.status not in _NO_BODY_STATUSES
+
+    def begin_response(self) -> None:
+        """What every protocol does before the head goes out: run the on-starting callbacks
+        (they may still change the response), then check the status and headers."""
+        self.run_on_starting()
+        status = self.status
+        if not isinstance(status, int) or not 200 <= status <= 999:
+            raise LocalProtocolError(
+                f"response status must be an int from 200 to 999 (got {status!r})"
+            )
+        validate_response_headers(self.response_headers)
 
     @property
     def can_write(self) -> bool:
