@@ -3,6 +3,8 @@
 - ``GET /``     -> 13 bytes ``Hello, world!`` as ``text/plain`` with content-length.
 - ``GET /json`` -> ``json.dumps({"message": "Hello, World!"})`` as ``application/json``,
   serialised on every request.
+- ``GET /download`` -> 1 MiB of ``x`` in one body message, with content-length.
+- ``POST /upload`` -> reads the whole request body and answers with its length.
 - anything else -> 404.
 
 Lifespan is handled minimally: startup and shutdown are acknowledged, nothing else.
@@ -23,6 +25,11 @@ PLAIN_BODY = b"Hello, world!"
 PLAIN_HEADERS = [
     (b"content-type", b"text/plain"),
     (b"content-length", str(len(PLAIN_BODY)).encode("ascii")),
+]
+DOWNLOAD_BODY = b"x" * (1 << 20)
+DOWNLOAD_HEADERS = [
+    (b"content-type", b"application/octet-stream"),
+    (b"content-length", str(len(DOWNLOAD_BODY)).encode("ascii")),
 ]
 NOT_FOUND_BODY = b"Not Found"
 NOT_FOUND_HEADERS = [
@@ -63,6 +70,18 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode("ascii")),
         ]
+        await _respond(send, 200, headers, body)
+    elif path == "/download":
+        await _respond(send, 200, DOWNLOAD_HEADERS, DOWNLOAD_BODY)
+    elif path == "/upload":
+        received = 0
+        while True:
+            message = await receive()
+            received += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = str(received).encode("ascii")
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]
         await _respond(send, 200, headers, body)
     else:
         await _respond(send, 404, NOT_FOUND_HEADERS, NOT_FOUND_BODY)

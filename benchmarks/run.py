@@ -1,17 +1,15 @@
 #!/usr/bin/env python3
 """Run wrk and h2load against tiercel and its peers side by side, on the same app.
 
-Usage: python benchmarks/run.py [--scenarios h1,h2c,tls-h1,tls-h2,trio-h1,trio-h2c,wsgi-h1]
-                                [--duration 10]
+Usage: python benchmarks/run.py [--scenarios h1,json,pipelined,upload-64k,download-1m,...]
+                                [--duration 10] [--idle-connections 1000] [--chart PATH]
                                 [--connections 64] [--h2-connections 16] [--h2-streams 10]
                                 [--path /] [--servers tiercel,hypercorn-asyncio,...]
                                 [--json PATH] [--markdown PATH]
 
-Scenarios (one table each, same columns):
-  h1      HTTP/1.1 keep-alive over cleartext, wrk: tiercel and uvicorn rows.
-  h2c     HTTP/2 with prior knowledge over cleartext, h2load: tiercel and hypercorn rows.
-  tls-h1  HTTP/1.1 over TLS, wrk: tiercel, uvicorn and hypercorn rows.
-  tls-h2  HTTP/2 over TLS (ALPN h2), h2load: tiercel and hypercorn rows.
+Scenarios: see SCENARIOS below and benchmarks/README.md. Load scenarios print one table each
+(requests per second, latency, errors, server CPU per request); idle-memory prints resident
+memory per idle keep-alive connection.
 
 Each server runs pinned to CPU 1 and the load generator is pinned to CPU 0 (when the
 machine has at least 2 CPUs). See benchmarks/README.md for the method and the columns.
@@ -74,9 +72,11 @@ class Server:
 class Scenario:
     name: str
     title: str
-    client: str  # "wrk" or "h2load"
+    client: str  # "wrk", "h2load", or "idle" (connections opened and left idle)
     tls: bool
     rows: tuple[Server, ...]
+    path: str | None = None  # fixed request path; None means --path
+    wrk_script: str | None = None  # a Lua script in benchmarks/wrk/
 
     @property
     def scheme(self) -> str:
@@ -129,6 +129,16 @@ def _uvicorn(http: str, loop: str, tls: bool = False) -> Server:
     return Server(f"uvicorn-{http}-{loop}", args, needs)
 
 
+def _granian(tls: bool = False, http: str = "auto") -> Server:
+    """granian (Rust, hyper) on its ASGI interface, one worker, one runtime thread."""
+    args: tuple[str, ...] = ("-m", "granian", "--interface", "asgi", "--host", HOST)
+    args += ("--port", "{port}", "--workers", "1", "--runtime-threads", "1", "--http", http)
+    args += ("--loop", "uvloop", "--no-ws", "--no-access-log", "--log-level", "warning")
+    if tls:
+        args += ("--ssl-certificate", "{certfile}", "--ssl-keyfile", "{keyfile}")
+    return Server("granian", (*args, APP), ("granian",))
+
+
 def _hypercorn(worker: str, tls: bool = False) -> Server:
     args: tuple[str, ...] = ("-m", "hypercorn", "-c", "{hypercorn_toml}", "-w", "1")
     args += ("-k", worker, "-b", f"{HOST}:{{port}}")
@@ -139,20 +149,67 @@ def _hypercorn(worker: str, tls: bool = False) -> Server:
     return Server(f"hypercorn-{worker}", args, needs)
 
 
+H1_ROWS = (
+    _tiercel("uvloop"),
+    _tiercel("asyncio"),
+    _uvicorn("httptools", "uvloop"),
+    _uvicorn("h11", "asyncio"),
+    _granian(),
+)
+# The same servers, but with keep-alive timeouts long enough that idle connections stay
+# open while their memory is measured (uvicorn and hypercorn close them after 5 s).
+IDLE_ROWS = (
+    _tiercel("uvloop"),
+    Server(
+        "uvicorn-httptools-uvloop",
+        (*_uvicorn("httptools", "uvloop").args[:-1], "--timeout-keep-alive", "300", APP),
+        ("uvicorn", "httptools", "uvloop"),
+    ),
+    Server(
+        "uvicorn-h11-asyncio",
+        (*_uvicorn("h11", "asyncio").args[:-1], "--timeout-keep-alive", "300", APP),
+        ("uvicorn", "h11"),
+    ),
+    _hypercorn("asyncio"),
+    _granian(),
+)
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
+        Scenario("h1", "HTTP/1.1 keep-alive, cleartext (wrk)", "wrk", False, H1_ROWS),
+        Scenario("json", "HTTP/1.1 keep-alive, JSON (wrk)", "wrk", False, H1_ROWS, "/json"),
         Scenario(
-            "h1",
-            "HTTP/1.1 keep-alive, cleartext (wrk)",
+            "pipelined",
+            "HTTP/1.1, 16 requests pipelined per write (wrk + pipeline.lua)",
             "wrk",
             False,
-            (
-                _tiercel("uvloop"),
-                _tiercel("asyncio"),
-                _uvicorn("httptools", "uvloop"),
-                _uvicorn("h11", "asyncio"),
-            ),
+            H1_ROWS,
+            wrk_script="pipeline.lua",
+        ),
+        Scenario(
+            "upload-64k",
+            "HTTP/1.1 POST of a 64 KiB body, read whole by the app (wrk + upload_64k.lua)",
+            "wrk",
+            False,
+            H1_ROWS,
+            "/upload",
+            "upload_64k.lua",
+        ),
+        Scenario(
+            "download-1m",
+            "HTTP/1.1 GET of a 1 MiB response body (wrk)",
+            "wrk",
+            False,
+            H1_ROWS,
+            "/download",
+        ),
+        Scenario(
+            "idle-memory",
+            "resident memory per idle keep-alive connection (one GET each, then idle)",
+            "idle",
+            False,
+            IDLE_ROWS,
         ),
         Scenario(
             "h2c",
@@ -164,6 +221,7 @@ SCENARIOS: dict[str, Scenario] = {
                 _tiercel("asyncio"),
                 _hypercorn("asyncio"),
                 _hypercorn("uvloop"),
+                _granian(http="2"),
             ),
         ),
         Scenario(
@@ -175,6 +233,7 @@ SCENARIOS: dict[str, Scenario] = {
                 _tiercel("uvloop", tls=True, protocols="http1"),
                 _uvicorn("httptools", "uvloop", tls=True),
                 _hypercorn("asyncio", tls=True),
+                _granian(tls=True, http="1"),
             ),
         ),
         Scenario(
@@ -182,7 +241,11 @@ SCENARIOS: dict[str, Scenario] = {
             "HTTP/2 over TLS, ALPN h2 (h2load)",
             "h2load",
             True,
-            (_tiercel("uvloop", tls=True), _hypercorn("asyncio", tls=True)),
+            (
+                _tiercel("uvloop", tls=True),
+                _hypercorn("asyncio", tls=True),
+                _granian(tls=True, http="2"),
+            ),
         ),
         Scenario(
             "trio-h1",
@@ -223,6 +286,7 @@ INSTALL_HINT: dict[str, str] = {
     "tiercel": "pip install -e . from the repository root",
     "trio": "pip install trio (or pip install -e '.[trio]')",
     "waitress": "pip install waitress (or pip install -e '.[bench]')",
+    "granian": "pip install granian (or pip install -e '.[bench]')",
 }
 TOOL_HINT: dict[str, str] = {
     "wrk": "install it with `apt-get install -y wrk` (Debian package wrk)",
@@ -259,6 +323,12 @@ class Result:
     non_2xx_3xx: int = 0
     errors: int = 0
     server_cpu_us_per_req: float | None = None
+    # idle-memory: resident set size of the server's processes, before and after opening
+    # the idle connections, and the difference per connection.
+    idle_connections: int = 0
+    rss_before_kib: int | None = None
+    rss_after_kib: int | None = None
+    rss_kib_per_connection: float | None = None
     conditions: Conditions | None = None
     not_installed: str | None = None
     error: str | None = None
@@ -401,11 +471,98 @@ def parse_wrk(output: str, result: Result) -> None:
     result.errors = sum(result.error_breakdown.values()) + result.non_2xx_3xx
 
 
-def wrk_argv(url: str, connections: int, seconds: int, latency: bool) -> list[str]:
+def wrk_argv(
+    url: str, connections: int, seconds: int, latency: bool, script: str | None = None
+) -> list[str]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
     if latency:
         argv.append("--latency")
+    if script is not None:
+        argv += ["-s", str(BENCH_DIR / "wrk" / script)]
     return [*argv, url]
+
+
+# --------------------------------------------------------------------------- idle memory
+
+
+def group_rss_kib(pgid: int) -> int:
+    """Resident set size (KiB) summed over the live processes of process group ``pgid``."""
+    total = 0
+    for pid in group_processes(pgid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+        if match is not None:
+            total += int(match.group(1))
+    return total
+
+
+def open_idle_connections(port: int, count: int) -> tuple[list[socket.socket], int]:
+    """``count`` keep-alive connections, each after one complete GET /; returns the sockets
+    and how many failed (refused, closed, or answered with something other than 200)."""
+    sockets, failed = [], 0
+    request = f"GET / HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(STARTUP_TIMEOUT)
+        try:
+            sock.connect((HOST, port))
+            sock.sendall(request)
+            received = b""
+            while b"Hello, world!" not in received:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError("closed before the response ended")
+                received += chunk
+            if not received.startswith(b"HTTP/1.1 200"):
+                raise ConnectionError(received[:40].decode("latin-1"))
+        except OSError:
+            failed += 1
+            sock.close()
+            continue
+        sockets.append(sock)
+    return sockets, failed
+
+
+def still_open(sockets: list[socket.socket]) -> int:
+    """How many of ``sockets`` the server has not closed (nothing readable, no EOF)."""
+    alive = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1)
+        except BlockingIOError:
+            alive += 1
+        except OSError:
+            pass
+        else:
+            alive += 1 if data else 0
+    return alive
+
+
+def measure_idle(pid: int, port: int, count: int, result: Result) -> None:
+    """Resident memory of the server before and after ``count`` idle connections."""
+    time.sleep(1.0)  # let start-up allocations settle
+    before = group_rss_kib(pid)
+    sockets, failed = open_idle_connections(port, count)
+    try:
+        time.sleep(1.0)
+        after = group_rss_kib(pid)
+        alive = still_open(sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    result.idle_connections = alive
+    result.errors = failed + (len(sockets) - alive)
+    result.rss_before_kib, result.rss_after_kib = before, after
+    if alive:
+        result.rss_kib_per_connection = (after - before) / alive
+    log(
+        f"  {alive} idle connections: RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
+        f"{(after - before) / max(alive, 1):.1f} KiB per connection, {result.errors} errors"
+    )
 
 
 # --------------------------------------------------------------------------- h2load
@@ -647,6 +804,7 @@ def bench_server(
         return result
 
     port = free_port()
+    path = scenario.path or args.path
     subst = {
         "port": port,
         "certfile": certs.certfile if certs else "",
@@ -655,17 +813,20 @@ def bench_server(
     }
     argv = pin(1, [sys.executable, *(a.format(**subst) for a in server.args)])
     result.command = shlex.join(argv)
-    url = f"{scenario.scheme}://{HOST}:{port}{args.path}"
+    url = f"{scenario.scheme}://{HOST}:{port}{path}"
     log_path = work_dir / f"{scenario.name}-{server.name}.log"
     latency_log = work_dir / f"{scenario.name}-{server.name}.h2load.tsv"
-    if scenario.client == "wrk":
-        warm = wrk_argv(url, args.connections, WARMUP_SECONDS, latency=False)
-        measure = wrk_argv(url, args.connections, args.duration, latency=True)
+    if scenario.client == "idle":
+        warm = measure = []
+    elif scenario.client == "wrk":
+        script = scenario.wrk_script
+        warm = wrk_argv(url, args.connections, WARMUP_SECONDS, latency=False, script=script)
+        measure = wrk_argv(url, args.connections, args.duration, latency=True, script=script)
     else:
         c, m = args.h2_connections, args.h2_streams
         warm = h2load_argv(url, c, m, WARMUP_SECONDS)
         measure = h2load_argv(url, c, m, args.duration, latency_log)
-    result.load_command = shlex.join(pin(0, measure))
+    result.load_command = shlex.join(pin(0, measure)) if measure else ""
     log(f"[{scenario.name} / {server.name}] {result.command}")
     with log_path.open("wb") as out:
         proc = subprocess.Popen(
@@ -678,8 +839,12 @@ def bench_server(
         )
     try:
         wait_for_port(proc, port, log_path)
+        if scenario.client == "idle":
+            log(f"  probe: {probe_http1(port, '/', scenario.tls, certs)}")
+            measure_idle(proc.pid, port, args.idle_connections, result)
+            return result
         if scenario.client == "wrk":
-            log(f"  probe: {probe_http1(port, args.path, scenario.tls, certs)}")
+            log(f"  probe: {probe_http1(port, path, scenario.tls, certs)}")
         else:
             log(f"  probe: {probe_h2(url, scenario)}")
 
@@ -768,9 +933,37 @@ def table_row(r: Result) -> tuple[str, ...]:
     )
 
 
-def markdown_table(results: list[Result]) -> str:
-    rows = [COLUMNS, *(table_row(r) for r in results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+IDLE_COLUMNS = (
+    "server",
+    "idle connections",
+    "RSS before",
+    "RSS after",
+    "KiB per connection",
+    "vs tiercel",
+    "errors",
+)
+
+
+def idle_row(r: Result) -> tuple[str, ...]:
+    if r.not_installed is not None:
+        return (r.server, "not installed", "-", "-", "-", "-", "-")
+    if r.error is not None or r.rss_kib_per_connection is None:
+        return (r.server, "ERROR", "-", "-", "-", "-", "-")
+    return (
+        r.server,
+        str(r.idle_connections),
+        f"{(r.rss_before_kib or 0) / 1024:.1f} MiB",
+        f"{(r.rss_after_kib or 0) / 1024:.1f} MiB",
+        f"{r.rss_kib_per_connection:.1f}",
+        "-" if r.vs_tiercel is None else f"{r.vs_tiercel:.2f}x",
+        str(r.errors),
+    )
+
+
+def markdown_table(results: list[Result], idle: bool = False) -> str:
+    columns = IDLE_COLUMNS if idle else COLUMNS
+    rows = [columns, *((idle_row if idle else table_row)(r) for r in results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
@@ -781,22 +974,31 @@ def markdown_table(results: list[Result]) -> str:
 
 def load_template(scenario: Scenario, args: argparse.Namespace) -> str:
     """The measured load command with the port left as PORT."""
-    url = f"{scenario.scheme}://{HOST}:PORT{args.path}"
+    url = f"{scenario.scheme}://{HOST}:PORT{scenario.path or args.path}"
+    if scenario.client == "idle":
+        return f"{args.idle_connections} connections, one GET / each, then idle for 1 s"
     if scenario.client == "wrk":
-        argv = wrk_argv(url, args.connections, args.duration, latency=True)
+        script = scenario.wrk_script
+        argv = wrk_argv(url, args.connections, args.duration, latency=True, script=script)
     else:
         argv = h2load_argv(url, args.h2_connections, args.h2_streams, args.duration, Path("FILE"))
     return shlex.join(argv)
 
 
 def scenario_heading(scenario: Scenario, args: argparse.Namespace) -> str:
-    heading = f"### {scenario.name}: {scenario.title}, GET {args.path}"
+    if scenario.client == "idle":
+        heading = f"### {scenario.name}: {scenario.title}"
+    elif scenario.wrk_script == "upload_64k.lua":
+        heading = f"### {scenario.name}: {scenario.title}, POST {scenario.path or args.path}"
+    else:
+        heading = f"### {scenario.name}: {scenario.title}, GET {scenario.path or args.path}"
     return f"{heading}\n\n`{load_template(scenario, args)}`\n"
 
 
 def versions(scenarios: list[Scenario]) -> dict[str, str]:
     found = {}
-    for dist in ("tiercel", "uvicorn", "httptools", "uvloop", "h11", "hypercorn", "h2", "trustme"):
+    dists = ("tiercel", "uvicorn", "httptools", "uvloop", "h11", "hypercorn", "h2", "trustme")
+    for dist in (*dists, "granian", "waitress", "trio"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -812,6 +1014,52 @@ def versions(scenarios: list[Scenario]) -> dict[str, str]:
     found["openssl (python ssl)"] = ssl.OPENSSL_VERSION
     found["python"] = sys.version.split()[0]
     return found
+
+
+def table_cells(scenario: Scenario, r: Result) -> dict[str, str]:
+    if scenario.client == "idle":
+        return dict(zip(IDLE_COLUMNS, idle_row(r), strict=True))
+    return dict(zip(COLUMNS, table_row(r), strict=True))
+
+
+def draw_chart(
+    path: Path, plan: list[tuple[Scenario, list[Server]]], results: dict[str, list[Result]]
+) -> None:
+    """One horizontal bar panel per scenario: req/s (KiB per idle connection for
+    idle-memory), tiercel's rows in a darker colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 2
+    rows = math.ceil(len(plan) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(12, 2.2 * rows + 0.6), squeeze=False)
+    for ax, (scenario, _) in zip(axes.flat, plan, strict=False):
+        idle = scenario.client == "idle"
+        measured = [
+            r
+            for r in results[scenario.name]
+            if (r.rss_kib_per_connection if idle else r.req_per_s) is not None
+        ]
+        names = [r.server for r in measured]
+        values = [float(r.rss_kib_per_connection if idle else r.req_per_s or 0) for r in measured]
+        colours = ["#1f4e79" if n.startswith("tiercel") else "#9db4cc" for n in names]
+        ax.barh(names, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_title(
+            scenario.name + (" (KiB per idle connection, lower is better)" if idle else " (req/s)"),
+            fontsize=9,
+        )
+        ax.tick_params(labelsize=8)
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:,.0f}", va="center", fontsize=7)
+    for ax in list(axes.flat)[len(plan) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"chart written to {path}")
 
 
 # --------------------------------------------------------------------------- main
@@ -834,6 +1082,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--h2-streams", type=int, default=10, help="h2load -m (10)")
     parser.add_argument("--path", default="/", help="request path: / or /json (/)")
     parser.add_argument(
+        "--idle-connections",
+        type=int,
+        default=1000,
+        help="connections opened and left idle in idle-memory (1000)",
+    )
+    parser.add_argument("--chart", metavar="PATH", type=Path, help="also draw a PNG bar chart")
+    parser.add_argument(
         "--servers",
         default=",".join(ROW_NAMES),
         help=f"comma list of rows to run (default: all = {','.join(ROW_NAMES)})",
@@ -845,8 +1100,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.path.startswith("/"):
         parser.error("--path must start with /")
-    if min(args.duration, args.connections, args.h2_connections, args.h2_streams) < 1:
-        parser.error("--duration, --connections, --h2-connections, --h2-streams must be positive")
+    numbers = (args.duration, args.connections, args.h2_connections, args.h2_streams)
+    if min(*numbers, args.idle_connections) < 1:
+        parser.error(
+            "--duration, --connections, --h2-connections, --h2-streams and "
+            "--idle-connections must be positive"
+        )
+    if args.chart is not None and importlib.util.find_spec("matplotlib") is None:
+        parser.error("--chart needs matplotlib: pip install matplotlib (or '.[bench]')")
     scenarios = _comma_list(args.scenarios)
     unknown = [n for n in scenarios if n not in SCENARIOS]
     if unknown or not scenarios:
@@ -860,7 +1121,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_tools(scenarios: list[Scenario]) -> None:
-    needed = [s.client for s in scenarios]
+    needed = [s.client for s in scenarios if s.client != "idle"]
     if (os.cpu_count() or 1) >= 2:
         needed.append("taskset")
     if any(s.tls for s in scenarios) and importlib.util.find_spec("trustme") is None:
@@ -911,17 +1172,23 @@ def main(argv: list[str] | None = None) -> int:
                 bench_server(scenario, row, args, work_dir, certs) for row in rows
             ]
 
-    for scenario_results in results.values():
+    for name, scenario_results in results.items():
         # The reference is the scenario's first tiercel row (tiercel-trio in trio-h1, ...).
+        # For idle-memory the ratio is the peer's memory per connection over tiercel's.
+        measure = "rss_kib_per_connection" if SCENARIOS[name].client == "idle" else "req_per_s"
         base = next(
-            (r for r in scenario_results if r.server.startswith("tiercel") and r.req_per_s), None
+            (r for r in scenario_results if r.server.startswith("tiercel") and getattr(r, measure)),
+            None,
         )
         for r in scenario_results:
-            if base is not None and base.req_per_s and r.req_per_s is not None:
-                r.vs_tiercel = r.req_per_s / base.req_per_s
+            value = getattr(r, measure)
+            if base is not None and getattr(base, measure) and value is not None:
+                r.vs_tiercel = value / getattr(base, measure)
 
     text = "\n".join(
-        scenario_heading(scenario, args) + "\n" + markdown_table(results[scenario.name])
+        scenario_heading(scenario, args)
+        + "\n"
+        + markdown_table(results[scenario.name], idle=scenario.client == "idle")
         for scenario, _ in plan
     )
     print(text, end="")
@@ -940,17 +1207,17 @@ def main(argv: list[str] | None = None) -> int:
             "tls_certificate": certs_source,
             "versions": versions([s for s, _ in plan]),
             "columns": list(COLUMNS),
+            "idle_columns": list(IDLE_COLUMNS),
             "load_commands": {s.name: load_template(s, args) for s, _ in plan},
             # One list per scenario; each row has its table cells and the raw numbers.
             "scenarios": {
-                name: [
-                    {"table": dict(zip(COLUMNS, table_row(r), strict=True)), **asdict(r)}
-                    for r in rs
-                ]
+                name: [{"table": table_cells(SCENARIOS[name], r), **asdict(r)} for r in rs]
                 for name, rs in results.items()
             },
         }
         args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.chart is not None:
+        draw_chart(args.chart, plan, results)
     failed = any(r.error is not None for rs in results.values() for r in rs)
     return 1 if failed else 0
 
