@@ -28,6 +28,17 @@ def tests(session):
     session.run("pytest", *session.posargs)
 
 
+@nox.session(python=PYTHON, name="httpsys-wine")
+def httpsys_wine(session):
+    """Only the HTTP.sys adapter's tests, in a Windows CPython under Wine (.ci/wine-stage).
+
+    The tests session runs them too (tests/httpsys); this one is for working on the adapter.
+    """
+    session.install("-e", ".[test]")
+    session.run("bash", ".ci/wine-stage", external=True)
+    session.run("pytest", "tests/httpsys", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def bench(session):
     session.install("-e", ".[bench]")

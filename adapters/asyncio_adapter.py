@@ -26,6 +26,7 @@ from tiercel.apps.logs import LoggingObserver
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
     ADDRESSES_EXTENSION,
+    FILE_EXTENSIONS,
     INFORMATIONAL_EXTENSION,
     AsgiHttpCycle,
     http_scope,
@@ -33,11 +34,13 @@ from tiercel.core.asgi import (
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
+from tiercel.core.files import FileSegment
 from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
-from .sockets import Listener, bind_endpoints
+from .files import OpenedFile, open_file_body, read_range
+from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
 
@@ -65,6 +68,9 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._reading = True
         self._closed = False
+        self._sendfile: asyncio.Task[int] | None = None  # loop.sendfile in progress
+        self._received_any = False
+        self._grace: asyncio.TimerHandle | None = None  # FIRST_REQUEST_GRACE, while stopping
 
     # -- transport callbacks ----------------------------------------------------------------
 
@@ -81,20 +87,26 @@ class _Connection(asyncio.Protocol):
         info = TransportInfo(
             local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
             remote_address=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            sendfile=True,  # _write_file_raw
         )
         self._conn = open_connection(
             server.context, info, self._loop.time(), self._listener.settings
         )
         server.connections.add(self)
         if server.stopping:
-            self._conn.shutdown(self._loop.time())
+            self.shutdown()
         self._sync()
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
+        self._received_any = True
         if conn is not None:
             self._dispatch(conn.receive_data(data, self._loop.time()))
             self._sync()
+        if self._grace is not None:  # the request came in time; close after answering it
+            self._grace.cancel()
+            self._grace = None
+            self._shutdown_now()
 
     def eof_received(self) -> bool:
         self._peer_eof = True
@@ -119,6 +131,8 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
         if self._linger is not None:
             self._linger.cancel()
+        if self._grace is not None:
+            self._grace.cancel()
         self._dispatch(conn.connection_lost(self._loop.time()))
         self._wake_writers()
 
@@ -144,14 +158,14 @@ class _Connection(asyncio.Protocol):
             return
         if self._closed:
             if conn.should_abort:
-                transport.abort()
+                self._abort_transport(transport)
             return
         events = conn.pop_events()
         if events:
             self._dispatch(events)
         if conn.should_abort:
             self._closed = True
-            transport.abort()
+            self._abort_transport(transport)
             return
         data = conn.data_to_send()
         if data:
@@ -227,13 +241,34 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def shutdown(self) -> None:
+        if self._conn is None:
+            return
+        if not self._received_any:  # nothing yet: wait FIRST_REQUEST_GRACE for a request
+            if self._grace is None:
+                self._grace = self._loop.call_later(FIRST_REQUEST_GRACE, self._shutdown_now)
+            return
+        self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
+        self._grace = None
         if self._conn is not None:
             self._dispatch(self._conn.shutdown(self._loop.time()))
             self._sync()
 
     def abort(self) -> None:
         if self._transport is not None:
-            self._transport.abort()
+            self._abort_transport(self._transport)
+
+    def _abort_transport(self, transport: asyncio.Transport) -> None:
+        sending = self._sendfile
+        if sending is None or sending.done():
+            transport.abort()
+            return
+        # asyncio (3.11) breaks when a transport is aborted in the middle of loop.sendfile:
+        # the transport's empty-waiter is still set, so its connection_lost never runs. Stop
+        # the sendfile first; abort once its clean-up has run.
+        sending.cancel()
+        sending.add_done_callback(lambda _: transport.abort())
 
     @property
     def active(self) -> bool:
@@ -280,6 +315,8 @@ class _Connection(asyncio.Protocol):
             finally:
                 if produced:
                     self._sync()
+            if not produced and cycle.pending_file is not None:
+                await self._send_file_body(cycle)
 
         try:
             await app(scope, receive, send)
@@ -296,6 +333,110 @@ class _Connection(asyncio.Protocol):
             if problem:
                 log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
             self._waiters.pop(stream, None)
+            self._sync()
+
+    # -- direct file transmission (core/files.py) ----------------------------------------------
+
+    async def _send_file_body(self, cycle: AsgiHttpCycle) -> None:
+        """Carry out a pathsend/zerocopysend message: raw with sendfile where the engine
+        allows it, else read in pieces and written through the engine."""
+        assert cycle.pending_file is not None
+        opened = open_file_body(cycle.pending_file)
+        try:
+            end = cycle.begin_file(opened.count)
+            await self.send_opened_file(cycle.stream, opened, end)
+        finally:
+            opened.close()
+            cycle.pending_file = None
+
+    async def send_opened_file(self, stream: HttpStream, opened: OpenedFile, end: bool) -> None:
+        loop = self._loop
+        counters = self._server.context.file_counters
+        if not stream.can_transmit_file:
+            await self._send_file_through_engine(stream, opened, end)
+            counters["read_loop_files"] += 1
+            counters["read_loop_bytes"] += opened.count
+            return
+        stream.transmit_file(opened.segment, end, loop.time())
+        self._sync()  # the head and framing that precede the file
+        if stream.transmitting_file:
+            await self.write_file_raw(opened.segment)
+            if not stream.aborted_flag:
+                stream.file_transmitted(loop.time())
+            self._sync()
+
+    async def write_file_raw(self, segment: FileSegment) -> None:
+        """The range with ``loop.sendfile`` (os.sendfile), after what the engine wrote."""
+        loop = self._loop
+        transport = self._transport
+        counters = self._server.context.file_counters
+        if transport is None or self._closed:
+            raise ClientDisconnected("the client has disconnected")
+        file: Any = segment.file  # an open file object: loop.sendfile also seeks it
+        sending = loop.create_task(
+            loop.sendfile(transport, file, segment.offset, segment.count, fallback=False)
+        )
+        self._sendfile = sending
+        try:
+            await asyncio.shield(sending)  # only _abort_transport cancels the sendfile itself
+        except asyncio.CancelledError:
+            if not sending.cancelled():  # this task was cancelled, not the sendfile: pass it on
+                sending.cancel()
+                raise
+            raise ClientDisconnected("the connection was aborted during a file") from None
+        except (NotImplementedError, asyncio.SendfileNotAvailableError):
+            # uvloop and unusual transports: the same bytes, copied through the transport.
+            for piece in read_range(segment.file, segment.offset, segment.count):
+                await self._wait_transport_writable()
+                if self._closed:
+                    raise ClientDisconnected("the client has disconnected") from None
+                transport.write(piece)
+            counters["copied_files"] += 1
+            counters["copied_bytes"] += segment.count
+        except (ConnectionError, OSError) as exc:
+            # The socket failed under sendfile; its clean-up has run, so aborting is safe.
+            if not self._closed:
+                self._closed = True
+                transport.abort()
+            raise ClientDisconnected(f"the client has disconnected ({exc!r})") from None
+        else:
+            counters["sendfile_files"] += 1
+            counters["sendfile_bytes"] += segment.count
+        finally:
+            self._sendfile = None
+            # sendfile pauses and resumes reading itself; the engine's wish wins.
+            if not self._reading and not self._closed:
+                transport.pause_reading()
+
+    async def _wait_transport_writable(self) -> None:
+        while self._write_paused and not self._closed:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    async def _send_file_through_engine(
+        self, stream: HttpStream, opened: OpenedFile, end: bool
+    ) -> None:
+        loop = self._loop
+        if not stream.body_allowed or opened.count == 0:
+            if end:
+                stream.complete(b"", loop.time())
+            else:
+                stream.start(loop.time())
+            self._sync()
+            return
+        left = opened.count
+        for piece in read_range(opened.file, opened.offset, opened.count):
+            await self._wait_transport_writable()
+            while not stream.can_write and not stream.aborted:
+                waiter = loop.create_future()
+                self._waiters.setdefault(stream, []).append(waiter)
+                await waiter
+            left -= len(piece)
+            if end and not left:
+                stream.complete(piece, loop.time())
+            else:
+                stream.write(piece, loop.time())
             self._sync()
 
     async def run_wsgi(self, stream: HttpStream) -> None:
@@ -382,6 +523,10 @@ class _LoopWsgiHost:
     def wait_for_body(self, stream: HttpStream) -> None:
         self._wait(self._body_arrived(stream))
 
+    def write_file(self, stream: HttpStream, segment: FileSegment) -> None:
+        """WsgiFileHost: sendfile on the loop, while the app's thread waits."""
+        self._wait(self._connection.write_file_raw(segment))
+
     async def _body_arrived(self, stream: HttpStream) -> None:
         connection = self._connection
         while not (
@@ -414,7 +559,9 @@ class AsyncioServer:
         self.app = app
         self.options = options
         self.context = ServerContext(
-            options.engine, LoggingObserver(options.access_log), time.time()
+            options.engine,
+            LoggingObserver(options.access_log, options.rejection_log_level),
+            time.time(),
         )
         self.connections: set[_Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -453,6 +600,7 @@ class AsyncioServer:
             self.context.addresses.addresses[:] = addresses
             self.extensions[ADDRESSES_EXTENSION] = {"addresses": addresses}
             self.extensions[INFORMATIONAL_EXTENSION] = {}
+            self.extensions.update(FILE_EXTENSIONS)
             if self.interface == "wsgi":
                 from .threads_adapter import DaemonThreadPool
 

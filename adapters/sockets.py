@@ -1,13 +1,19 @@
 """Listening sockets for every socket-based adapter: bind what the endpoints say, report what
-was really bound (port 0 resolved), and clean up unix socket files."""
+was really bound (port 0 resolved), and clean up unix socket files.
+
+Sockets made by someone else (``fd://N``, systemd socket activation) are adopted, not bound:
+they are checked to be listening stream sockets, and on exit their descriptor is closed but a
+unix socket file behind one is left alone, since its owner made it."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tiercel.core.addresses import Endpoint, format_address
@@ -30,6 +36,14 @@ class Listener:
     # The engine's per-endpoint settings (protocols, TLS); the host sets and may replace them
     # (certificate reload), and each new connection reads the current value.
     settings: EndpointSettings = field(default_factory=EndpointSettings)
+    # Where the socket came from when that is worth saying at start-up: "inherited fd 5",
+    # "fd 3 from systemd, name 'web'", "mode 0660".
+    origin: str = ""
+    inherited_fd: int | None = None  # fd://N and systemd: a descriptor we adopted
+
+    def describe(self) -> str:
+        """The URL, and where the socket came from: ``http://127.0.0.1:80 (inherited fd 5)``."""
+        return f"{self.url} ({self.origin})" if self.origin else self.url
 
     def close(self) -> None:
         self.sock.close()
@@ -91,21 +105,44 @@ def _unix(endpoint: Endpoint) -> Listener:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise _explain(endpoint, path, exc) from None
+    try:
+        _set_unix_mode(endpoint, path)
         sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         raise _explain(endpoint, path, exc) from None
-    return Listener(sock, f"unix:{path}", unix_path=path, endpoint=endpoint)
+    origin = "" if endpoint.unix_mode is None else f"mode {endpoint.unix_mode:04o}"
+    return Listener(sock, f"unix:{path}", unix_path=path, endpoint=endpoint, origin=origin)
+
+
+def _set_unix_mode(endpoint: Endpoint, path: str) -> None:
+    # Between bind and listen: a client cannot connect before the mode is right.
+    if endpoint.unix_mode is not None:
+        os.chmod(path, endpoint.unix_mode)
 
 
 def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
     """Bind every endpoint or none: on any failure, what was bound is closed again."""
+    handed_down = take_handed_down_listeners()
+    if handed_down is not None:  # a worker under ``tiercel --workers``: its supervisor bound them
+        return handed_down
     listeners: list[Listener] = []
     try:
+        activated: list[ActivatedSocket] | None = None  # taken from the environment once
         for endpoint in endpoints:
             if endpoint.kind == "unix":
                 listeners.append(_unix(endpoint))
+                continue
+            if endpoint.kind in ("fd", "systemd"):
+                if endpoint.kind == "systemd" and activated is None:
+                    activated = take_systemd_sockets(endpoint)
+                listeners.extend(_adopt_all(endpoint, activated or [], listeners))
                 continue
             hosts = endpoint.bind_hosts()
             for host in hosts:
@@ -139,6 +176,176 @@ def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
                 bound_host, bound_port = sock.getsockname()[:2]
                 url = format_address(endpoint.scheme, bound_host, bound_port)
                 listeners.append(Listener(sock, url, endpoint=endpoint))
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+# -- sockets from outside: fd://N and systemd socket activation --------------------------------
+
+SD_LISTEN_FDS_START = 3  # systemd passes its sockets as descriptors 3, 4, ...
+_SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+@dataclass(frozen=True)
+class ActivatedSocket:
+    fd: int
+    name: str  # FileDescriptorName= (systemd-socket-activate --fdname), "unknown" if unnamed
+
+    def describe(self) -> str:
+        named = f", name {self.name!r}" if self.name != "unknown" else ""
+        return f"fd {self.fd} from systemd{named}"
+
+
+def systemd_socket_count() -> int:
+    """How many sockets systemd passed to this very process; 0 when none (or not to us)."""
+    pid = os.environ.get("LISTEN_PID", "")
+    count = os.environ.get("LISTEN_FDS", "")
+    if pid != str(os.getpid()) or not count.isdigit():
+        return 0
+    return int(count)
+
+
+def take_systemd_sockets(endpoint: Endpoint) -> list[ActivatedSocket]:
+    """The sockets systemd passed, read from LISTEN_PID/LISTEN_FDS/LISTEN_FDNAMES, which are then
+    removed from the environment (as ``sd_listen_fds(1)`` does) so that child processes never
+    take them for theirs."""
+    environ = {name: os.environ.get(name) for name in _SYSTEMD_VARIABLES}
+    for name in _SYSTEMD_VARIABLES:
+        os.environ.pop(name, None)
+
+    def refuse(why: str) -> BindError:
+        return BindError(f"cannot listen on {endpoint.url}: {why}")
+
+    pid_text, count_text, names_text = environ.values()
+    if pid_text is None or count_text is None:
+        raise refuse(
+            "systemd passed no sockets (LISTEN_PID/LISTEN_FDS are not set); start tiercel from "
+            "a systemd .socket unit or systemd-socket-activate, or listen on an http:// URL"
+        )
+    if not pid_text.isdigit() or not count_text.isdigit():
+        raise refuse(f"LISTEN_PID={pid_text!r} and LISTEN_FDS={count_text!r} must be numbers")
+    if int(pid_text) != os.getpid():
+        raise refuse(
+            f"LISTEN_PID is {pid_text} but tiercel runs as pid {os.getpid()}: the sockets were "
+            "meant for another process (a wrapper script must exec tiercel, not run it)"
+        )
+    count = int(count_text)
+    if count == 0:
+        raise refuse("systemd passed no sockets (LISTEN_FDS=0)")
+    names = names_text.split(":") if names_text else ["unknown"] * count
+    if len(names) != count:
+        raise refuse(f"LISTEN_FDNAMES has {len(names)} names for LISTEN_FDS={count} sockets")
+    return [ActivatedSocket(SD_LISTEN_FDS_START + i, name) for i, name in enumerate(names)]
+
+
+def _adopt_all(
+    endpoint: Endpoint, activated: list[ActivatedSocket], taken: list[Listener]
+) -> Iterator[Listener]:
+    """The listeners an ``fd://N`` or ``systemd://[NAME]`` endpoint stands for."""
+    if endpoint.kind == "fd":
+        assert endpoint.fd is not None
+        chosen = [(endpoint.fd, f"inherited fd {endpoint.fd}")]
+    else:
+        wanted = endpoint.systemd_name
+        matches = [a for a in activated if not wanted or a.name == wanted]
+        if not matches:
+            names = ", ".join(sorted({repr(a.name) for a in activated}))
+            raise BindError(
+                f"cannot listen on {endpoint.url}: systemd passed no socket named {wanted!r} "
+                f"(it passed {names}); set FileDescriptorName= in the .socket unit, or use "
+                "systemd:// for all of them"
+            )
+        chosen = [(a.fd, a.describe()) for a in matches]
+    for fd, origin in chosen:
+        if any(listener.inherited_fd == fd for listener in taken):
+            raise BindError(
+                f"cannot listen on {endpoint.url}: fd {fd} is already used by another listen "
+                "URL; name each socket once"
+            )
+        yield _adopt(endpoint, fd, origin)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISREG: "a regular file",
+        stat.S_ISDIR: "a directory",
+        stat.S_ISFIFO: "a pipe",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+    }
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a socket")
+
+
+def _adopt(endpoint: Endpoint, fd: int, origin: str) -> Listener:
+    """A Listener for a listening stream socket someone else made and passed as ``fd``."""
+
+    def refuse(why: str) -> BindError:
+        return BindError(f"cannot listen on {endpoint.url}: {why}")
+
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        raise refuse(
+            f"fd {fd} is not open in this process; the parent must pass it "
+            "(e.g. subprocess pass_fds) or the number is wrong"
+        ) from None
+    if not stat.S_ISSOCK(mode):
+        raise refuse(f"fd {fd} is {_file_kind(mode)}, not a socket")
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise refuse(f"fd {fd} is a socket tiercel cannot use: {exc.strerror or exc}") from None
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            family = getattr(sock.family, "name", sock.family)
+            raise refuse(f"fd {fd} is a {family} socket; tiercel serves TCP or unix sockets")
+        if sock.type != socket.SOCK_STREAM:
+            kind = getattr(sock.type, "name", sock.type)
+            raise refuse(f"fd {fd} is a {kind} socket; HTTP needs a SOCK_STREAM socket")
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise refuse(f"fd {fd} is a socket that is not listening; call listen() on it first")
+        local = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            if endpoint.scheme == "https":
+                raise refuse(f"fd {fd} is a unix socket; ?tls is for TCP sockets only")
+            path = local.decode("utf-8", "replace") if isinstance(local, bytes) else local
+            url = f"unix:{path.replace(chr(0), '@')}" if path else f"unix:(unnamed fd {fd})"
+        else:
+            url = format_address(endpoint.scheme, local[0], local[1])
+        os.set_inheritable(fd, False)  # as sd_listen_fds does: not for our own children
+        sock.setblocking(False)
+    except BaseException:
+        sock.detach()  # refused: leave the descriptor as it was found
+        raise
+    # unix_path stays None: the socket file is its creator's to remove, not ours.
+    return Listener(sock, url, endpoint=endpoint, origin=origin, inherited_fd=fd)
+
+
+# -- listeners a supervisor hands down to its workers (tiercel --workers, apps/workers.py) -------
+
+# A connection accepted just as a graceful stop begins gets this long for its first bytes before
+# it is closed as idle: its request is usually on the way already, and on a socket shared with
+# other worker processes closing it would fail a request that they could serve.
+FIRST_REQUEST_GRACE = 1.0
+
+HANDED_DOWN_ENV = "TIERCEL_WORKER_LISTENERS"  # JSON [[fd, listen URL], ...], set by the supervisor
+
+
+def take_handed_down_listeners() -> list[Listener] | None:
+    """The sockets the supervisor bound and passed to this worker, or None when it is not one.
+    The variable is removed so that the app's child processes never take it for theirs."""
+    text = os.environ.pop(HANDED_DOWN_ENV, None)
+    if text is None:
+        return None
+    from tiercel.core.addresses import parse_url
+
+    listeners: list[Listener] = []
+    try:
+        for fd, url in json.loads(text):
+            listeners.append(_adopt(parse_url(url), int(fd), "shared with the other workers"))
     except BaseException:
         for listener in listeners:
             listener.close()

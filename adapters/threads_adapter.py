@@ -42,13 +42,14 @@ import itertools
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
 import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -61,12 +62,20 @@ from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import EngineObserver, Rejection, ServerContext, TransportInfo
 from tiercel.core.errors import ConfigError
 from tiercel.core.events import Event, RequestReceived
+from tiercel.core.files import FileSegment
 from tiercel.core.headers import escape_for_log
 from tiercel.core.http1 import error_response
+from tiercel.core.response_cache import (
+    CachedResponse,
+    CacheKey,
+    ResponseCache,
+    ResponseCacheSettings,
+)
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiApp, WsgiCycle, WsgiErrors
 
-from .sockets import Listener, bind_endpoints
+from .files import sendfile_some
+from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
 
@@ -160,6 +169,10 @@ class _LockedContext(ServerContext):
     def __init__(self, config: EngineConfig, observer: EngineObserver, wall_time: float) -> None:
         super().__init__(config, observer, wall_time)
         self._lock = threading.Lock()
+        if self.response_cache is not None:
+            self.response_cache = _LockedResponseCache(
+                self.response_cache.settings, self.response_cache_counters
+            )
 
     def try_open_connection(self) -> bool:
         with self._lock:
@@ -169,10 +182,39 @@ class _LockedContext(ServerContext):
         with self._lock:
             super().connection_closed()
 
+    def count_sent_file(self, how: str, count: int) -> None:
+        with self._lock:
+            self.file_counters[f"{how}_files"] += 1
+            self.file_counters[f"{how}_bytes"] += count
+
     def record_rejection(self, rejection: Rejection) -> None:
         with self._lock:
             self.rejections[rejection.reason] += 1
         self.observer.request_rejected(rejection)
+
+
+class _LockedResponseCache(ResponseCache):
+    """The response cache, shared by connections served on many threads."""
+
+    def __init__(self, settings: ResponseCacheSettings, counters: Counter[str]) -> None:
+        super().__init__(settings, counters)
+        self._lock = threading.Lock()
+
+    def lookup(self, key: CacheKey, now: float) -> CachedResponse | None:
+        with self._lock:
+            return super().lookup(key, now)
+
+    def store(self, key: CacheKey, entry: CachedResponse) -> None:
+        with self._lock:
+            super().store(key, entry)
+
+
+def _wait_readable(sock: socket.socket) -> bool:
+    """Up to POLL seconds for a connection to accept (True also on errors: accept() says)."""
+    try:
+        return bool(select.select([sock], [], [], POLL)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _log_app_error(line: str) -> None:
@@ -196,6 +238,8 @@ class _Client:
         self.eof = False
         self.shutdown_sent = False
         self.park_token = 0  # the parker's timers for an earlier parking are stale
+        self.accepted_at = time.monotonic()
+        self.received_any = False
 
     # -- the worker's loop --------------------------------------------------------------------
 
@@ -219,6 +263,7 @@ class _Client:
         info = TransportInfo(
             local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
             remote_address=self.remote,
+            sendfile=True,  # write_file
         )
         server = self.server
         return open_connection(server.context, info, time.monotonic(), self.listener.settings)
@@ -229,7 +274,7 @@ class _Client:
         conn = self.conn
         assert conn is not None
         now = time.monotonic()
-        if self.server.stopping and not self.shutdown_sent:
+        if self.server.stopping and not self.shutdown_sent and self._may_shut_down(now):
             self.shutdown_sent = True
             self._handle(conn.shutdown(now))
             self._flush()
@@ -255,6 +300,7 @@ class _Client:
             return True
         if not data:
             self.eof = True
+        self.received_any = True
         self._handle(conn.receive_data(data, time.monotonic()))
         self._flush()
         return True
@@ -314,6 +360,38 @@ class _Client:
         if blocked:
             conn.set_write_blocked(False, time.monotonic())
 
+    def write_file(self, stream: HttpStream, segment: FileSegment) -> None:
+        """WsgiFileHost: the file range with ``os.sendfile``, after the bytes before it. Like
+        ``_send``, a client that stops reading meets the engine's response data rate."""
+        conn = self.conn
+        assert conn is not None
+        self._flush()  # the head and framing that precede the file
+        sock = self.sock
+        done = 0
+        try:
+            sock.settimeout(0.0)
+            while done < segment.count and not self.dead:
+                try:
+                    done += sendfile_some(sock.fileno(), segment, done)
+                    continue
+                except BlockingIOError:
+                    pass
+                now = time.monotonic()
+                deadline = conn.next_deadline()
+                if deadline is not None and now >= deadline:
+                    self._handle(conn.on_timer(now))
+                    if conn.should_abort:
+                        self._close(abort=True)
+                        break
+                    deadline = conn.next_deadline()
+                wait = POLL if deadline is None else min(POLL, max(deadline - now, 0.001))
+                select.select([], [sock], [], wait)
+        except OSError:
+            self._close(abort=True)
+        if self.dead or done < segment.count:
+            raise ClientDisconnected("the client has disconnected while a file was sent")
+        self.server.context.count_sent_file("sendfile", segment.count)
+
     def _close(self, abort: bool) -> None:
         if self.dead:
             return
@@ -332,7 +410,7 @@ class _Client:
         """The parker's turn: a timer is due, or the server is stopping."""
         conn = self.conn
         assert conn is not None
-        if self.server.stopping and not self.shutdown_sent:
+        if self.server.stopping and not self.shutdown_sent and self._may_shut_down(now):
             self.shutdown_sent = True
             self._handle(conn.shutdown(now))
             self._flush()
@@ -340,6 +418,28 @@ class _Client:
         if not self.dead and deadline is not None and now >= deadline:
             self._handle(conn.on_timer(now))
             self._flush()
+
+    def _may_shut_down(self, now: float) -> bool:
+        """Not while bytes the engine has not seen are waiting (a request sent before the stop
+        began is answered, with ``Connection: close``), nor in FIRST_REQUEST_GRACE."""
+        if not self.received_any and now - self.accepted_at < FIRST_REQUEST_GRACE:
+            return False
+        if self.eof:
+            return True
+        try:
+            self.sock.settimeout(0.0)
+            return not self.sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+
+    def next_deadline(self) -> float | None:
+        """The engine's next deadline, or the end of FIRST_REQUEST_GRACE while stopping."""
+        assert self.conn is not None
+        deadline = self.conn.next_deadline()
+        if self.server.stopping and not self.received_any and not self.shutdown_sent:
+            grace_ends = self.accepted_at + FIRST_REQUEST_GRACE
+            deadline = grace_ends if deadline is None else min(deadline, grace_ends)
+        return deadline
 
     def interrupt(self) -> None:
         """From another thread (forced shutdown): make blocked ``recv``/``send`` calls fail."""
@@ -514,7 +614,7 @@ class _Parker:
         if conn.wants_read and not client.eof:
             self.selector.register(client.sock, selectors.EVENT_READ, client)
             self._watched.add(client)
-        deadline = conn.next_deadline()
+        deadline = client.next_deadline()
         if deadline is not None:
             heapq.heappush(self._timers, (deadline, client.park_token, next(self._seq), client))
 
@@ -612,7 +712,9 @@ class ThreadedServer:
                 f"and {self.queue_limit})"
             )
         self.context = _LockedContext(
-            options.engine, LoggingObserver(options.access_log), time.time()
+            options.engine,
+            LoggingObserver(options.access_log, options.rejection_log_level),
+            time.time(),
         )
         self.extra: dict[str, Any] = {"SERVER_SOFTWARE": "tiercel"}
         self.listeners: list[Listener] = []
@@ -697,6 +799,8 @@ class ThreadedServer:
         self._stopped = True
         self.stopping = True
         for listener in self.listeners:
+            if listener.inherited_fd is not None:
+                continue  # shared with other processes: shutdown() would stop it for them too
             with contextlib.suppress(OSError):
                 listener.sock.shutdown(socket.SHUT_RD)  # Linux: wakes a blocked accept() now
         for thread in self._acceptors:
@@ -792,6 +896,11 @@ class ThreadedServer:
     def _accept_loop(self, listener: Listener) -> None:
         sock = listener.sock
         while not self.stopping:
+            if not _wait_readable(sock) or self.stopping:
+                # Checked before accept(): on a socket shared with other processes (tiercel
+                # --workers), a connection not taken stays queued for them instead of being
+                # accepted and closed by a server that is stopping.
+                continue
             try:
                 client_sock, remote = sock.accept()
             except TimeoutError:

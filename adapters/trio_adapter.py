@@ -39,6 +39,7 @@ from tiercel.apps.logs import LoggingObserver
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
     ADDRESSES_EXTENSION,
+    FILE_EXTENSIONS,
     INFORMATIONAL_EXTENSION,
     AsgiHttpCycle,
     http_scope,
@@ -46,11 +47,13 @@ from tiercel.core.asgi import (
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.events import Event, RequestReceived
+from tiercel.core.files import FileSegment
 from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
-from .sockets import Listener, bind_endpoints
+from .files import OpenedFile, open_file_body, read_range, sendfile_some
+from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
 
@@ -76,6 +79,7 @@ class _Connection:
         info = TransportInfo(
             local_address=_address(local) or (local or None),
             remote_address=_address(sock.getpeername()),
+            sendfile=True,  # _write_file_job
         )
         self.conn: EngineConnection = open_connection(
             server.context, info, trio.current_time(), listener.settings
@@ -90,10 +94,15 @@ class _Connection:
         self._aborting = False  # the engine said abort (or the peer is gone): reset now
         self._closed = False  # the socket is closed and the engine told so
         self._peer_done = trio.Event()  # end of input (or an error) seen by the reader
+        self._input_seen = trio.Event()  # bytes, end of input or an error: FIRST_REQUEST_GRACE
+        self._grace_started = False
         self._writable = trio.lowlevel.ParkingLot()  # the writer waits here for bytes
         self._readable = trio.lowlevel.ParkingLot()  # the reader waits here for wants_read
         self._drained = trio.lowlevel.ParkingLot()  # apps' send waits here while blocked
         self._waiters: dict[HttpStream, trio.Event] = {}
+        # A file range for the writer to send raw once the bytes before it are out, and the
+        # event set when it has (or the connection is gone).
+        self._file_job: tuple[FileSegment, trio.Event] | None = None
 
     async def run(self) -> None:
         server = self._server
@@ -103,7 +112,7 @@ class _Connection:
                 self._apps = apps
                 try:
                     if server.stopping:
-                        self._dispatch(self.conn.shutdown(trio.current_time()))
+                        self.shutdown()
                     self._sync()
                     with self._io:
                         async with trio.open_nursery() as io:
@@ -177,6 +186,7 @@ class _Connection:
             try:
                 data = await receive_some(RECEIVE_SIZE)
             except _GONE:
+                self._input_seen.set()
                 self._peer_done.set()
                 if not self._closing:
                     self.abort()
@@ -191,6 +201,7 @@ class _Connection:
                 continue
             self._dispatch(conn.receive_data(data, trio.current_time()))
             self._sync()
+            self._input_seen.set()
             if not data:
                 return  # end of input; the engine decides when to close
 
@@ -198,6 +209,10 @@ class _Connection:
         send_all = self._stream.send_all
         pending = self._pending
         while True:
+            if not pending and self._file_job is not None:
+                if not await self._write_file_job(*self._file_job):
+                    return
+                continue
             if not pending:
                 if self._closing:  # lingering close: FIN, then wait for the peer's (bounded)
                     with contextlib.suppress(*_GONE):
@@ -221,6 +236,82 @@ class _Connection:
                 self._drained.unpark_all()
                 self._sync()
 
+    async def _write_file_job(self, segment: FileSegment, done: trio.Event) -> bool:
+        """The writer's part of direct file transmission: ``os.sendfile`` whenever the socket
+        is writable. False when the connection failed."""
+        sock = self._stream.socket
+        sent = 0
+        try:
+            while sent < segment.count:
+                await trio.lowlevel.wait_writable(sock)
+                with contextlib.suppress(BlockingIOError):
+                    sent += sendfile_some(sock.fileno(), segment, sent)
+        except _GONE:
+            self.abort()
+            return False
+        finally:
+            self._file_job = None
+            done.set()
+        counters = self._server.context.file_counters
+        counters["sendfile_files"] += 1
+        counters["sendfile_bytes"] += segment.count
+        return True
+
+    async def hand_file_to_writer(self, segment: FileSegment) -> None:
+        """Hand a file range to the writer, after the bytes already queued; wait until sent."""
+        if self._closed or self._aborting:
+            raise ClientDisconnected("the client has disconnected")
+        done = trio.Event()
+        self._file_job = (segment, done)
+        self._writable.unpark_all()
+        await done.wait()
+
+    async def _send_file_body(self, cycle: AsgiHttpCycle) -> None:
+        """Carry out a pathsend/zerocopysend message (core/files.py)."""
+        assert cycle.pending_file is not None
+        opened = open_file_body(cycle.pending_file)
+        try:
+            end = cycle.begin_file(opened.count)
+            await self._send_opened_file(cycle.stream, opened, end)
+        finally:
+            opened.close()
+            cycle.pending_file = None
+
+    async def _send_opened_file(self, stream: HttpStream, opened: OpenedFile, end: bool) -> None:
+        now = trio.current_time
+        if stream.can_transmit_file:
+            stream.transmit_file(opened.segment, end, now())
+            if not stream.transmitting_file:
+                self._sync()
+                return
+            self._sync()  # the head and framing go first; the writer then sends the file
+            await self.hand_file_to_writer(opened.segment)
+            if not (stream.aborted_flag or self._closed):
+                stream.file_transmitted(now())
+            self._sync()
+            return
+        counters = self._server.context.file_counters
+        counters["read_loop_files"] += 1
+        counters["read_loop_bytes"] += opened.count
+        if not stream.body_allowed or opened.count == 0:
+            if end:
+                stream.complete(b"", now())
+            else:
+                stream.start(now())
+            self._sync()
+            return
+        left = opened.count
+        for piece in read_range(opened.file, opened.offset, opened.count):
+            await self._until_writable(stream)
+            left -= len(piece)
+            try:
+                if end and not left:
+                    stream.complete(piece, now())
+                else:
+                    stream.write(piece, now())
+            finally:
+                self._sync()
+
     async def _time(self) -> None:
         conn = self.conn
         while True:
@@ -237,6 +328,7 @@ class _Connection:
         if self._closed:
             return
         self._closed = True
+        self._input_seen.set()  # nothing more will come: a FIRST_REQUEST_GRACE wait ends
         if self._aborting:
             _reset(self._stream.socket)
         else:
@@ -245,6 +337,8 @@ class _Connection:
         server.connections.discard(self)
         server.context.connection_closed()
         server.connection_gone.unpark_all()
+        if self._file_job is not None:
+            self._file_job[1].set()  # the writer is gone: the app stops waiting for the file
         try:
             self._dispatch(self.conn.connection_lost(trio.current_time()))
         finally:
@@ -254,6 +348,21 @@ class _Connection:
             self._drained.unpark_all()
 
     def shutdown(self) -> None:
+        if self._apps is None:
+            return  # run() has not begun; it sees server.stopping and comes back here
+        if not self._input_seen.is_set():
+            if not self._grace_started:
+                self._grace_started = True
+                self._apps.start_soon(self._shutdown_after_grace)
+            return
+        self._shutdown_now()
+
+    async def _shutdown_after_grace(self) -> None:
+        with trio.move_on_after(FIRST_REQUEST_GRACE):
+            await self._input_seen.wait()
+        self._shutdown_now()
+
+    def _shutdown_now(self) -> None:
         if not self._closed:
             self._dispatch(self.conn.shutdown(trio.current_time()))
             self._sync()
@@ -307,6 +416,8 @@ class _Connection:
                 cycle.send(message, now())
             finally:
                 self._sync()
+            if cycle.pending_file is not None:
+                await self._send_file_body(cycle)
 
         try:
             await server.app(scope, receive, send)
@@ -394,6 +505,13 @@ class _WsgiHost:
             self._hop(trio.from_thread.run, self._connection._until_writable, stream)
             self._writable = True
 
+    def write_file(self, stream: HttpStream, segment: FileSegment) -> None:
+        """WsgiFileHost: the writer sends the range with os.sendfile; this thread waits."""
+        connection = self._connection
+        self._hop(trio.from_thread.run, connection.hand_file_to_writer, segment)
+        if connection._closed or stream.aborted_flag:
+            raise ClientDisconnected("the client has disconnected while a file was sent")
+
     def _hop(self, via: Callable[..., Any], fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return via(fn, *args)
@@ -407,7 +525,9 @@ class TrioServer:
         self.app = app
         self.options = options
         self.context = ServerContext(
-            options.engine, LoggingObserver(options.access_log), time.time()
+            options.engine,
+            LoggingObserver(options.access_log, options.rejection_log_level),
+            time.time(),
         )
         self.connections: set[_Connection] = set()
         self.connection_gone = trio.lowlevel.ParkingLot()
@@ -458,6 +578,7 @@ class TrioServer:
         self.context.addresses.addresses[:] = addresses
         self.extensions[ADDRESSES_EXTENSION] = {"addresses": addresses}
         self.extensions[INFORMATIONAL_EXTENSION] = {}
+        self.extensions.update(FILE_EXTENSIONS)
         async with trio.open_nursery() as background:  # the lifespan task and the ticker
 
             def spawn(fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
@@ -511,6 +632,7 @@ class TrioServer:
                 self.context.connection_closed()
                 stream.socket.close()
                 continue
+            self.connections.add(connection)  # now: a stop beginning before run() waits for it
             connections.start_soon(connection.run)
 
     async def _stop(self, connections: trio.Nursery) -> None:

@@ -15,6 +15,7 @@ from tiercel.core.config import EngineConfig, Limits
 from tiercel.core.errors import ConfigError
 from tiercel.core.forwarded import ForwardedOptions
 from tiercel.core.proxy_protocol import ProxyProtocolSettings
+from tiercel.core.response_cache import ResponseCacheSettings, parse_size
 
 from .options import ServerOptions
 from .tls import TlsOptions
@@ -44,6 +45,7 @@ ADAPTER_CLASSES = {
     "asyncio": ("tiercel.adapters.asyncio_adapter", "AsyncioServer", "uvloop"),
     "trio": ("tiercel.adapters.trio_adapter", "TrioServer", "trio"),
     "threads": ("tiercel.adapters.threads_adapter", "ThreadedServer", None),
+    "httpsys": ("tiercel.adapters.httpsys.adapter", "HttpSysServer", None),
 }
 
 
@@ -55,6 +57,17 @@ def adapter_class(name: str) -> Any:
         hint = f"; pip install 'tiercel[{extra}]'" if extra and exc.name == extra else ""
         raise ConfigError(f"the {name} adapter cannot start: {exc}{hint}") from None
     return getattr(module, class_name)
+
+
+def response_cache_settings(
+    value: ResponseCacheSettings | int | str | None,
+) -> ResponseCacheSettings | None:
+    """``Server(response_cache=...)``: settings, a size in bytes, or a size like "64MiB"."""
+    if value is None or isinstance(value, ResponseCacheSettings):
+        return value
+    if isinstance(value, str):
+        return ResponseCacheSettings(max_size=parse_size(value))
+    return ResponseCacheSettings(max_size=value)
 
 
 class Server:
@@ -77,6 +90,8 @@ class Server:
         interface: str = "auto",
         forwarded: ForwardedOptions | None = None,
         proxy_protocol: ProxyProtocolSettings | None = None,
+        rejection_log_level: str = "info",
+        response_cache: ResponseCacheSettings | int | str | None = None,
         options: ServerOptions | None = None,
     ) -> None:
         self.options = options or ServerOptions(
@@ -89,6 +104,7 @@ class Server:
                 root_path=root_path,
                 http1_codec=http1_codec,
                 forwarded=forwarded,
+                response_cache=response_cache_settings(response_cache),
             ),
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,
@@ -97,6 +113,7 @@ class Server:
             tls=tls,
             interface=interface,
             proxy_protocol=proxy_protocol,
+            rejection_log_level=rejection_log_level,
         )
         self._impl: Any = adapter_class(self.options.adapter)(app, self.options)
 

@@ -8,6 +8,7 @@ import sys
 
 from tiercel.core.accesslog import format_access_line
 from tiercel.core.context import Rejection
+from tiercel.core.errors import ConfigError
 from tiercel.core.stream import HttpStream
 
 error_log = logging.getLogger("tiercel.error")
@@ -15,6 +16,9 @@ access_log = logging.getLogger("tiercel.access")
 rejection_log = logging.getLogger("tiercel.rejections")
 
 LEVELS = ("critical", "error", "warning", "info", "debug")
+# Rejections are logged at INFO unless the user picks another level: WARNING makes every refused
+# request visible behind a proxy even with --log-level warning, DEBUG keeps them out of a busy log.
+REJECTION_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def configure(level: str = "info") -> None:
@@ -30,19 +34,26 @@ def configure(level: str = "info") -> None:
 class LoggingObserver:
     """Turns engine notifications into log records."""
 
-    def __init__(self, access: bool = True) -> None:
+    def __init__(self, access: bool = True, rejection_level: str = "info") -> None:
+        if rejection_level not in REJECTION_LOG_LEVELS:
+            raise ConfigError(
+                f"unknown rejection log level {rejection_level!r}; choose one of: "
+                + ", ".join(REJECTION_LOG_LEVELS)
+            )
         self.access = access
+        self.rejection_level: int = logging.getLevelNamesMapping()[rejection_level.upper()]
 
     def response_completed(self, stream: HttpStream) -> None:
         if self.access and access_log.isEnabledFor(logging.INFO):
             access_log.info(format_access_line(stream))
 
     def request_rejected(self, rejection: Rejection) -> None:
-        if rejection_log.isEnabledFor(logging.INFO):
+        if rejection_log.isEnabledFor(self.rejection_level):
             remote = rejection.remote_address
             who = f"{remote[0]}:{remote[1]}" if remote else "-"
             status = rejection.status if rejection.status is not None else "closed"
-            rejection_log.info(
+            rejection_log.log(
+                self.rejection_level,
                 "rejected %s from %s (connection %s): %s [%s]",
                 status,
                 who,

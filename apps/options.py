@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tiercel.adapters.httpsys.options import HttpSysOptions, parse_url_prefixes
 from tiercel.core.addresses import DEFAULT_URLS, Endpoint, parse_urls
 from tiercel.core.config import EngineConfig
 from tiercel.core.connection import HTTP1, HTTP2
@@ -11,9 +12,10 @@ from tiercel.core.errors import ConfigError
 from tiercel.core.http2 import Http2Limits
 from tiercel.core.proxy_protocol import ProxyProtocolSettings
 
+from .logs import REJECTION_LOG_LEVELS
 from .tls import TlsOptions
 
-ADAPTERS = ("asyncio", "trio", "threads")
+ADAPTERS = ("asyncio", "trio", "threads", "httpsys")
 INTERFACES = ("auto", "asgi", "wsgi")
 LOOPS = ("auto", "asyncio", "uvloop")
 LIFESPAN_MODES = ("auto", "on", "off")
@@ -40,6 +42,8 @@ class ServerOptions:
     http2: Http2Limits = field(default_factory=Http2Limits)
     endpoints: tuple[Endpoint, ...] = ()
     proxy_protocol: ProxyProtocolSettings | None = None  # PROXY v1/v2 on every listener
+    rejection_log_level: str = "info"  # level of the tiercel.rejections lines
+    httpsys: HttpSysOptions | None = None  # --adapter httpsys only (adapters/httpsys)
 
     def __post_init__(self) -> None:
         if self.adapter not in ADAPTERS:
@@ -61,11 +65,18 @@ class ServerOptions:
             raise ConfigError(
                 f"unknown interface {self.interface!r}; choose one of: {', '.join(INTERFACES)}"
             )
+        if self.rejection_log_level not in REJECTION_LOG_LEVELS:
+            raise ConfigError(
+                f"unknown rejection log level {self.rejection_log_level!r}; choose one of: "
+                + ", ".join(REJECTION_LOG_LEVELS)
+            )
         if self.protocols.lower() not in PROTOCOLS:
             raise ConfigError(
                 f"unknown protocols {self.protocols!r}; choose one of: {', '.join(PROTOCOLS)}"
             )
-        if not self.endpoints:
+        if self.adapter == "httpsys":
+            _check_httpsys_urls(self)
+        elif not self.endpoints:
             try:
                 endpoints = parse_urls(self.urls)
             except ConfigError:
@@ -81,3 +92,15 @@ class ServerOptions:
     @property
     def protocol_set(self) -> frozenset[str]:
         return PROTOCOLS[self.protocols.lower()]
+
+
+# -- the HTTP.sys adapter (adapters/httpsys) -------------------------------------------------------
+
+
+def _check_httpsys_urls(options: ServerOptions) -> None:
+    """HTTP.sys takes URL prefixes (http://+:8080/api/), not Kestrel's listen URLs."""
+    parse_url_prefixes(options.urls)
+    if options.proxy_protocol is not None:
+        raise ConfigError(
+            "--proxy-protocol does not apply to --adapter httpsys: HTTP.sys reads the connection"
+        )

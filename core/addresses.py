@@ -3,6 +3,11 @@
 Parsing only; binding is the adapters' job. Host rules follow Kestrel: ``localhost`` means both
 loopbacks, ``0.0.0.0`` and ``[::]`` mean every interface, and any other name (``*``, ``+``,
 ``example.com``) also means every interface.
+
+Sockets made by someone else (Kestrel's ``ListenHandle``) have their own forms: ``fd://3`` is an
+already listening socket inherited as descriptor 3, ``systemd://`` every socket systemd passed
+(socket activation) and ``systemd://NAME`` those with that ``FileDescriptorName=``. Both serve
+plain HTTP unless ``?tls`` follows. ``unix:/run/app.sock?mode=0660`` sets the socket file's mode.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ class Endpoint:
     scheme: str  # "http", "https" or "unix"
     host: str | None  # None for unix sockets
     port: int
-    kind: str  # "localhost", "any", "ip", "unix"
+    kind: str  # "localhost", "any", "ip", "unix", "fd", "systemd"
     unix_path: str | None = None
+    unix_mode: int | None = None  # unix:/path?mode=0660: the socket file's permission bits
+    fd: int | None = None  # fd://N: the inherited descriptor
+    systemd_name: str | None = None  # systemd://NAME; "" means every socket systemd passed
 
     def bind_hosts(self) -> list[str]:
         if self.kind == "localhost":
@@ -40,12 +48,11 @@ def _bad(url: str, why: str) -> ConfigError:
 def parse_url(url: str) -> Endpoint:
     text = url.strip()
     if text.startswith("unix:"):
-        path = text[5:]
-        if path.startswith("//"):
-            path = path[2:]
-        if not path.startswith("/"):
-            raise _bad(url, "a unix socket needs an absolute path, e.g. unix:/run/tiercel.sock")
-        return Endpoint(url, "unix", None, 0, "unix", unix_path=path)
+        return _parse_unix(url, text[5:])
+    if text.lower().startswith("fd:"):
+        return _parse_fd(url, text[3:])
+    if text.lower().startswith("systemd:"):
+        return _parse_systemd(url, text[8:])
     try:
         parts = urlsplit(text)
     except ValueError as exc:
@@ -102,6 +109,84 @@ def parse_url(url: str) -> Endpoint:
     if address.is_unspecified:
         return Endpoint(url, scheme, str(address), port, "any")
     return Endpoint(url, scheme, str(address), port, "ip")
+
+
+# -- sockets from outside: fd://N, systemd://[NAME], unix:/path?mode=NNNN ------------------------
+
+# systemd's own rule for FileDescriptorName=: printable ASCII without ':' (the list separator).
+_MAX_FD_NAME = 255
+
+
+def _split_options(url: str, text: str, allowed: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``body?key=value&flag`` -> (body, {key: value, flag: ""}); unknown or repeated keys fail."""
+    body, question, query = text.partition("?")
+    options: dict[str, str] = {}
+    if not question:
+        return body, options
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key not in allowed:
+            known = ", ".join(f"?{name}" for name in allowed)
+            raise _bad(url, f"unknown option {key!r}; this kind of URL takes {known}")
+        if key in options:
+            raise _bad(url, f"option {key!r} is given twice")
+        options[key] = value
+    return body, options
+
+
+def _scheme_for(url: str, options: dict[str, str]) -> str:
+    if "tls" not in options:
+        return "http"
+    if options["tls"]:
+        raise _bad(url, "write ?tls (with no value) to serve HTTPS on this socket")
+    return "https"
+
+
+def _parse_unix(url: str, rest: str) -> Endpoint:
+    path, options = _split_options(url, rest, ("mode",))
+    if path.startswith("//"):
+        path = path[2:]
+    if not path.startswith("/"):
+        raise _bad(url, "a unix socket needs an absolute path, e.g. unix:/run/tiercel.sock")
+    mode = None
+    if "mode" in options:
+        mode = _socket_mode(options["mode"])
+        if mode is None:
+            raise _bad(
+                url,
+                f"mode {options['mode']!r} is not an octal permission such as 0660 or 0600",
+            )
+    return Endpoint(url, "unix", None, 0, "unix", unix_path=path, unix_mode=mode)
+
+
+def _socket_mode(text: str) -> int | None:
+    """``"0660"`` or ``"660"`` -> 0o660; None when it is not three octal digits (after a 0)."""
+    digits = text[1:] if len(text) == 4 and text.startswith("0") else text
+    if len(digits) != 3 or any(c not in "01234567" for c in digits):
+        return None
+    return int(digits, 8)
+
+
+def _parse_fd(url: str, rest: str) -> Endpoint:
+    body, options = _split_options(url, rest, ("tls",))
+    number = body[2:] if body.startswith("//") else body
+    if not number.isdigit() or len(number) > 9:
+        raise _bad(url, "write the descriptor number, e.g. fd://3")
+    scheme = _scheme_for(url, options)
+    return Endpoint(url, scheme, None, 0, "fd", fd=int(number))
+
+
+def _parse_systemd(url: str, rest: str) -> Endpoint:
+    body, options = _split_options(url, rest, ("tls",))
+    name = body[2:] if body.startswith("//") else body
+    if len(name) > _MAX_FD_NAME or any(not " " < c < "\x7f" or c == ":" for c in name):
+        raise _bad(
+            url,
+            "a socket name is what FileDescriptorName= says: printable ASCII without ':' "
+            "or spaces, e.g. systemd://web (or systemd:// for every socket)",
+        )
+    scheme = _scheme_for(url, options)
+    return Endpoint(url, scheme, None, 0, "systemd", systemd_name=name)
 
 
 def parse_urls(text: str) -> list[Endpoint]:

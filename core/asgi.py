@@ -12,6 +12,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .errors import LocalProtocolError
+from .files import (
+    PATHSEND_EXTENSION,
+    ZEROCOPYSEND_EXTENSION,
+    FileBody,
+    file_body_from_message,
+    prepare_file_response,
+)
 from .stream import ClientDisconnected, HttpStream
 
 Message = dict[str, Any]
@@ -23,6 +30,8 @@ DISCONNECT: Mapping[str, Any] = {"type": "http.disconnect"}
 ADDRESSES_EXTENSION = "tiercel.server_addresses"
 TRAILERS_EXTENSION = "http.response.trailers"
 INFORMATIONAL_EXTENSION = "http.response.informational"
+# Advertised by adapters that carry out ``AsgiHttpCycle.pending_file`` (core/files.py).
+FILE_EXTENSIONS: Mapping[str, Any] = {PATHSEND_EXTENSION: {}, ZEROCOPYSEND_EXTENSION: {}}
 
 
 def server_tuple(local: tuple[str, int] | str | None) -> tuple[str, int | None] | None:
@@ -88,7 +97,14 @@ def _headers(value: Any) -> Headers:
 
 
 class AsgiHttpCycle:
-    __slots__ = ("_body_done", "_request_delivered", "_start_received", "_trailers", "stream")
+    __slots__ = (
+        "_body_done",
+        "_request_delivered",
+        "_start_received",
+        "_trailers",
+        "pending_file",
+        "stream",
+    )
 
     def __init__(self, stream: HttpStream) -> None:
         self.stream = stream
@@ -96,6 +112,8 @@ class AsgiHttpCycle:
         self._request_delivered = False
         self._trailers = False  # the app announced trailers in http.response.start
         self._body_done = False
+        # A pathsend/zerocopysend message the adapter must carry out (send returned False).
+        self.pending_file: FileBody | None = None
 
     def receive(self, now: float | None = None) -> Mapping[str, Any] | None:
         stream = self.stream
@@ -189,9 +207,31 @@ class AsgiHttpCycle:
             self._trailers = bool(message.get("trailers", False))
             self._start_received = True
             return False
+        elif kind in {"http.response.pathsend", "http.response.zerocopysend"}:
+            if not self._start_received:
+                raise LocalProtocolError(f"ASGI: {kind!r} sent before 'http.response.start'")
+            if stream.aborted_flag:
+                raise ClientDisconnected("the client has disconnected")
+            if stream.response_complete or self._body_done:
+                raise LocalProtocolError("ASGI: message sent after the response was complete")
+            self.pending_file = file_body_from_message(dict(message))
+            return False
         else:
             raise LocalProtocolError(f"ASGI: unexpected message type {kind!r} in an http scope")
         return True
+
+    def begin_file(self, count: int) -> bool:
+        """The adapter knows the size of ``pending_file``'s range: fix the framing. True when
+        the file ends the response."""
+        pending = self.pending_file
+        if pending is None:
+            raise LocalProtocolError("begin_file without a pending file message")
+        end = not pending.more_body
+        if end and self._trailers:
+            self._body_done = True  # the stream ends with http.response.trailers
+            end = False
+        prepare_file_response(self.stream, count, end)
+        return end
 
     def app_finished(self, now: float | None = None) -> str | None:
         """The app returned or raised. Fix up what it left undone; say what, for the log."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .forwarded import ForwardedOptions
+from .response_cache import ResponseCacheSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +108,17 @@ class EngineConfig:
     http1_codec: str = "fast"
     # Forwarded headers and host filtering (core/forwarded.py); None leaves both off.
     forwarded: ForwardedOptions | None = None
+    # Set in an app process started by ``tiercel module`` (core/pairing.py): every request
+    # without this token in X-Tiercel-Token is refused with 400. None turns the check off.
+    pairing_token: str | None = None
+    # The HTTP.sys-style response cache (core/response_cache.py); None leaves it off.
+    response_cache: ResponseCacheSettings | None = None
+    # Kestrel's AllowAlternateSchemes: accept an HTTP/2 :scheme that differs from the connection's
+    # (HAProxy's ``proto h2`` sends "https" over cleartext) and give it to the app as the scheme.
+    allow_alternate_schemes: bool = False
 
     def __post_init__(self) -> None:
+        self._check_response_cache()
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"limits must be a Limits object (got {self.limits!r})")
         if self.server_header is not None and (
@@ -122,10 +132,21 @@ class EngineConfig:
             raise ConfigError(
                 f"forwarded must be ForwardedOptions or None (got {self.forwarded!r})"
             )
+        token = self.pairing_token
+        if token is not None and not (token and token.isascii() and token.isprintable()):
+            raise ConfigError("pairing_token must be non-empty printable ASCII (or None)")
         if self.http1_codec not in ("fast", "h11"):
             raise ConfigError(f"http1_codec must be 'fast' or 'h11' (got {self.http1_codec!r})")
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
             raise ConfigError(
                 f"root_path must start with '/' and not end with one (got {self.root_path!r}), "
                 "e.g. '/api'"
+            )
+
+    def _check_response_cache(self) -> None:
+        cache = self.response_cache
+        if cache is not None and not isinstance(cache, ResponseCacheSettings):
+            raise ConfigError(
+                "response_cache must be ResponseCacheSettings(max_size=...) or None "
+                f"(got {cache!r})"
             )

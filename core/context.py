@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .config import EngineConfig
 from .dates import HttpDate
+from .response_cache import ResponseCache
 
 if TYPE_CHECKING:
     from .proxy_protocol import ProxyHeader
@@ -30,6 +31,8 @@ class TransportInfo:
     scheme: str = "http"
     tls: TlsInfo | None = None
     proxy: ProxyHeader | None = None  # the PROXY protocol header, TLVs included, when one came
+    # The adapter can write a file range to this transport as it is (conn.file_to_send()).
+    sendfile: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,18 @@ class ServerContext:
         self.wall_time = wall_time
         self.addresses = ServerAddresses()
         self.rejections: Counter[str] = Counter()
+        # Response cache: hits, misses, stores, evictions, expirations. The cache itself is
+        # None when off, which is the one check a request pays for it.
+        self.response_cache_counters: Counter[str] = Counter()
+        cache_settings = self.config.response_cache
+        self.response_cache = (
+            None
+            if cache_settings is None
+            else ResponseCache(cache_settings, self.response_cache_counters)
+        )
+        # Direct file transmission: files and bytes written raw by the adapter ("sendfile_*")
+        # or read into the engine because the transport needs it ("read_loop_*").
+        self.file_counters: Counter[str] = Counter()
         self.open_connections = 0
         self._ids = itertools.count(1)
         server_header = self.config.server_header

@@ -31,7 +31,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .context import Rejection, ServerContext, TransportInfo
-from .errors import RemoteProtocolError, RequestBodyTooLarge
+from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
 from .events import Event, RequestReceived, StreamUpdated
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
@@ -45,12 +45,15 @@ from .http1_codec import (
 )
 from .http1_fast import FastCodec
 from .http1_head import ALLOW_ALL_BUT_CONNECT, RequestHead
+from .pairing import check_pairing_token
 from .status import STATUS_LINES_11, reason_phrase
 from .stream import HttpStream
 from .switching import rebind
 
 if TYPE_CHECKING:
+    from .files import FileSegment
     from .http2 import Http2Limits, Http2Protocol
+    from .response_cache import ResponseCache
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -96,6 +99,15 @@ def error_response(
 
 
 class Http1Protocol:
+    # Rarely used state lives here as class-level defaults, set on the instance only when
+    # needed: every attribute __init__ adds costs each request a little once the instance
+    # dict outgrows CPython's shared-key layout (measured: 30 attributes cost 3% per request).
+    # While the adapter writes a file: the framing that follows it and whether it ends the
+    # response; output produced meanwhile waits (data_to_send).
+    _after_file: tuple[bytes, bool] | None = None
+    _before_file = 0  # how many items of _out go out before the file
+    _answering_from_cache = False
+
     def __init__(
         self,
         context: ServerContext,
@@ -229,6 +241,8 @@ class Http1Protocol:
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""
+        if self._after_file is not None:
+            return self._data_before_file()
         out = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         return out
@@ -236,6 +250,13 @@ class Http1Protocol:
     def pop_events(self) -> list[Event]:
         events, self._events = self._events, []
         return events
+
+    def _data_before_file(self) -> bytes:
+        """While the adapter writes a file: only the bytes that precede it."""
+        count, self._before_file = self._before_file, 0
+        data = b"".join(self._out[:count])
+        del self._out[:count]
+        return data
 
     @property
     def wants_read(self) -> bool:
@@ -387,6 +408,9 @@ class Http1Protocol:
             start_time=now,
             wall_time=self._context.wall_time,
         )
+        token = self._context.config.pairing_token
+        if token is not None and (refusal := check_pairing_token(stream, token)):
+            raise refusal  # _pump answers it (400) before any app runs
         forwarded = self._context.config.forwarded
         if forwarded is not None and (refusal := apply_forwarded(stream, forwarded)):
             raise refusal  # _pump answers it (400) before any app runs
@@ -404,7 +428,19 @@ class Http1Protocol:
             if stream.body_complete_flag:
                 self._switch_to_h2(stream)
             return
+        cache = self._context.response_cache
+        if cache is not None and self._answer_from_cache(cache, stream, now):
+            return
         self._events.append(RequestReceived(stream))
+
+    def _answer_from_cache(self, cache: ResponseCache, stream: HttpStream, now: float) -> bool:
+        # Answering completes the cycle, which would pump the next pipelined request from
+        # inside this pump; _finish_cycle leaves that to the loop already running.
+        self._answering_from_cache = True
+        try:
+            return cache.try_serve(stream, now)
+        finally:
+            self._answering_from_cache = False
 
     def _h2c_settings(self, head: RequestHead) -> bytes | None:
         """The HTTP2-Settings value when this request may upgrade to h2c, else None."""
@@ -536,6 +572,63 @@ class Http1Protocol:
     def stream_finished(self, stream: HttpStream) -> None:
         """Nothing to release: HTTP/1.1 serves one stream at a time and tracks it by phase."""
 
+    def stream_can_transmit_file(self, stream: HttpStream) -> bool:
+        # Only in plaintext, with a codec that can count bytes it does not see, on a transport
+        # whose adapter can write files (core/files.py).
+        transport = self._transport
+        return (
+            transport.sendfile
+            and transport.tls is None
+            and self._codec.can_frame_raw
+            and stream is self._stream
+            and self.phase is not Phase.CLOSED
+        )
+
+    def stream_transmit_file(
+        self, stream: HttpStream, segment: FileSegment, end: bool, now: float | None
+    ) -> None:
+        if now is not None:
+            self._now = now
+        if not self.stream_can_transmit_file(stream):
+            raise LocalProtocolError("this connection cannot send a file raw; write its bytes")
+        if not stream.response_started:
+            self._send_head(stream, b"", False)
+        count = segment.count
+        if not count or not stream.body_allowed:
+            if end:
+                self._response_done(stream)
+            return
+        before, after = self._codec.frame_raw(count)
+        if before:
+            self._out.append(before)
+        stream.bytes_sent += count
+        stream.transmitting_file = True
+        self._after_file = (after, end)
+        self._before_file = len(self._out)
+        # The client must read the file at the minimum response data rate, like any bytes.
+        rate = self._limits.min_response_data_rate
+        if rate is not None and self._write_deadline is None:
+            self._write_deadline = self._now + max(rate.grace_period, count / rate.bytes_per_second)
+
+    def stream_file_transmitted(self, stream: HttpStream, now: float | None) -> None:
+        if now is not None:
+            self._now = now
+        after_file, self._after_file = self._after_file, None
+        if self._before_file:  # the adapter wrote the file without taking what precedes it
+            raise LocalProtocolError("write data_to_send() before the file, then report it sent")
+        if not self._write_blocked:
+            self._write_deadline = None
+        if after_file is None or stream is not self._stream or stream.aborted_flag:
+            self._wake(stream)
+            return
+        after, end = after_file
+        if after:
+            self._out.append(after)
+        if end:
+            self._response_done(stream)
+        else:
+            self._wake(stream)
+
     def stream_abort(self, stream: HttpStream) -> None:
         if stream is self._stream and self.phase is not Phase.CLOSED:
             self._record(None, "aborted_by_app", "the app aborted the request")
@@ -652,7 +745,8 @@ class Http1Protocol:
         self._codec.start_next_cycle()
         self._stream = None
         self._enter(Phase.IDLE, self._now + self._limits.keep_alive_timeout)
-        self._pump()
+        if not self._answering_from_cache:
+            self._pump()
 
     # -- internals: failure -------------------------------------------------------------------
 

@@ -82,6 +82,14 @@ class Http1Codec(Protocol):
 
     def send_end(self, trailers: Headers | None = None) -> bytes: ...
 
+    # Whether frame_raw works: the codec can count body bytes it does not see.
+    can_frame_raw: bool
+
+    def frame_raw(self, count: int) -> tuple[bytes, bytes]:
+        """Account for ``count`` body bytes the adapter writes itself (a file); the framing
+        bytes to write before and after them."""
+        ...
+
     def start_next_cycle(self) -> None: ...
 
     def take_remaining(self) -> bytes:
@@ -216,6 +224,12 @@ class H11Codec:
 
     def send_end(self, trailers: Headers | None = None) -> bytes:
         return self._send(h11.EndOfMessage(headers=trailers or []))
+
+    # h11 counts the body bytes it frames itself, so every byte must pass through it.
+    can_frame_raw = False
+
+    def frame_raw(self, count: int) -> tuple[bytes, bytes]:
+        raise LocalProtocolError("the h11 codec cannot frame bytes it does not see")
 
     def _send(self, event: h11.Event) -> bytes:
         try:

@@ -235,6 +235,20 @@ class FastCodec:
                 raise LocalProtocolError("Too much data for declared Content-Length")
         return data
 
+    can_frame_raw = True
+
+    def frame_raw(self, count: int) -> tuple[bytes, bytes]:
+        framing = self._framing
+        if not count or framing == _NONE:
+            return b"", b""
+        if framing == _CHUNKED:
+            return b"%x\r\n" % count, b"\r\n"
+        if framing == _LENGTH:
+            self._response_left -= count
+            if self._response_left < 0:
+                raise LocalProtocolError("Too much data for declared Content-Length")
+        return b"", b""
+
     def send_end(self, trailers: Headers | None = None) -> bytes:
         self._response_done = True
         framing = self._framing

@@ -34,6 +34,7 @@ past the header limits (a CONTINUATION flood or an HPACK bomb) ends the connecti
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -49,11 +50,13 @@ from hyperframe.frame import GoAwayFrame, WindowUpdateFrame
 
 from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
-from .errors import ConfigError
+from .errors import ConfigError, LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
+from .files import FileSegment
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
+from .pairing import check_pairing_token
 from .stream import HttpStream
 
 Headers = list[tuple[bytes, bytes]]
@@ -67,6 +70,8 @@ _CONNECTION_SPECIFIC = frozenset(
 _UPGRADE_HOP_BY_HOP = frozenset(
     {b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"transfer-encoding"}
 )
+# RFC 3986 3.1; what Kestrel's AllowAlternateSchemes accepts in :scheme.
+_URI_SCHEME = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*")
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 _MAX_STREAM_ID = 2**31 - 1
 
@@ -406,7 +411,12 @@ class Http2Protocol:
             self._reset_seen(self._now)
             return
         try:
-            request = _parse_request(headers, self._transport.scheme, self._limits)
+            request = _parse_request(
+                headers,
+                self._transport.scheme,
+                self._limits,
+                allow_alternate_schemes=self._context.config.allow_alternate_schemes,
+            )
         except _Malformed as exc:
             self._reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             self._record(None, "h2_malformed_request", f"malformed request: {exc}")
@@ -430,6 +440,14 @@ class Http2Protocol:
             content_length=request.content_length,
             has_body=not ended,
         )
+        token = self._context.config.pairing_token
+        if (
+            token is not None
+            and request.error_status is None
+            and (refusal := check_pairing_token(stream, token))
+        ):
+            request.error_status, request.error_reason = refusal.status, refusal.reason
+            request.error_message = str(refusal)
         forwarded = self._context.config.forwarded
         if (
             forwarded is not None
@@ -445,6 +463,9 @@ class Http2Protocol:
             self._answer_error(stream, request.error_status, request.error_message)
             return
         self._running_apps += 1
+        cache = self._context.response_cache
+        if cache is not None and cache.try_serve(stream, self._now):
+            return
         self._events.append(RequestReceived(stream))
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
@@ -544,6 +565,17 @@ class Http2Protocol:
             self._record(None, "aborted_by_app", "the app aborted the request")
         self._wake(stream)
 
+    def stream_can_transmit_file(self, stream: HttpStream) -> bool:
+        return False  # DATA frames carry the bytes: files go through the read loop
+
+    def stream_transmit_file(
+        self, stream: HttpStream, segment: FileSegment, end: bool, now: float | None
+    ) -> None:
+        raise LocalProtocolError("HTTP/2 cannot send a file raw; write its bytes instead")
+
+    def stream_file_transmitted(self, stream: HttpStream, now: float | None) -> None:
+        raise LocalProtocolError("HTTP/2 never hands out a file to send")
+
     def stream_finished(self, stream: HttpStream) -> None:
         """The app is done with this stream (it returned or raised)."""
         self._running_apps -= 1
@@ -572,20 +604,23 @@ class Http2Protocol:
             self._trailers[stream_id] = [
                 (n.lower(), v) for n, v in trailers if n.lower() not in _CONNECTION_SPECIFIC
             ]
+        ended_with_head = False
         if not stream.response_started:
-            self._send_head(stream, data, end and not trailers)
+            ended_with_head = self._send_head(stream, data, end and not trailers)
         elif data and stream.body_allowed:
             self._send_buffers.setdefault(stream_id, bytearray()).extend(data)
             stream.bytes_sent += len(data)
         if end:
-            self._ending.add(stream_id)
+            if not ended_with_head:  # HEADERS already carried END_STREAM: nothing to end
+                self._ending.add(stream_id)
             stream.response_complete = True
             self._context.observer.response_completed(stream)
             stream.run_on_completed()
             self._wake(stream)
         self._flush()
 
-    def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
+    def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> bool:
+        """Send the response head; True when it also ended the stream."""
         stream.begin_response()
         status = stream.status
         headers: Headers = [(b":status", str(status).encode())]
@@ -617,6 +652,7 @@ class Http2Protocol:
         elif data and body_allowed:
             self._send_buffers.setdefault(stream.stream_id, bytearray()).extend(data)
             stream.bytes_sent += len(data)
+        return end_now
 
     def _answer_error(self, stream: HttpStream, status: int, message: str) -> None:
         body = f"{status} {message}\n".encode()
@@ -966,7 +1002,9 @@ def _check_field(name: bytes, value: bytes) -> None:
         raise _Malformed("whitespace around a header value")
 
 
-def _parse_request(raw: Headers, transport_scheme: str, limits: Any) -> _Request:
+def _parse_request(
+    raw: Headers, transport_scheme: str, limits: Any, *, allow_alternate_schemes: bool = False
+) -> _Request:
     pseudo: dict[bytes, bytes] = {}
     headers: Headers = []
     cookies: list[bytes] = []
@@ -1054,5 +1092,10 @@ def _parse_request(raw: Headers, transport_scheme: str, limits: Any) -> _Request
             request.query_string = query
         request.path = unquote(request.raw_path.decode("latin-1"), errors="replace")
     if scheme is not None and scheme.decode("latin-1").lower() != transport_scheme:
-        raise _Malformed(f":scheme {scheme.decode('latin-1')!r} does not match the connection")
+        if not (allow_alternate_schemes and _URI_SCHEME.fullmatch(scheme)):
+            raise _Malformed(
+                f":scheme {scheme.decode('latin-1')!r} does not match the connection "
+                "(allow_alternate_schemes accepts it)"
+            )
+        request.scheme = scheme.decode("ascii").lower()
     return request

@@ -16,6 +16,7 @@ from .headers import validate_response_headers
 
 if TYPE_CHECKING:
     from .context import TransportInfo
+    from .files import FileSegment
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -47,6 +48,14 @@ class StreamOwner(Protocol):
     def stream_can_write(self, stream: HttpStream) -> bool: ...
 
     def stream_finished(self, stream: HttpStream) -> None: ...
+
+    def stream_can_transmit_file(self, stream: HttpStream) -> bool: ...
+
+    def stream_transmit_file(
+        self, stream: HttpStream, segment: FileSegment, end: bool, now: float | None
+    ) -> None: ...
+
+    def stream_file_transmitted(self, stream: HttpStream, now: float | None) -> None: ...
 
 
 class HttpStream:
@@ -84,6 +93,7 @@ class HttpStream:
         "start_time",
         "status",
         "stream_id",
+        "transmitting_file",
         "wall_time",
     )
 
@@ -142,6 +152,8 @@ class HttpStream:
         self.response_started = False
         self.response_complete = False
         self.bytes_sent = 0
+        # A file range handed to the adapter and not yet reported written (core/files.py).
+        self.transmitting_file = False
         self._on_starting: list[Callable[[], None]] = []
         self._on_completed: list[Callable[[], None]] = []
 
@@ -278,6 +290,28 @@ class HttpStream:
         """Write the last bytes and end the response, with trailers if the protocol allows."""
         self._check_writable()
         self._owner.stream_send(self, data, True, now, trailers)
+
+    @property
+    def can_transmit_file(self) -> bool:
+        """Whether ``transmit_file`` may be used: the file's bytes can go to the transport raw."""
+        return self._owner.stream_can_transmit_file(self)
+
+    def transmit_file(self, segment: FileSegment, end: bool, now: float | None = None) -> None:
+        """Send a file range as (part of) the body; only when ``can_transmit_file``. The adapter
+        writes it; ``transmitting_file`` stays True until it has (see core/files.py)."""
+        self._check_writable()
+        if self.transmitting_file:
+            raise LocalProtocolError("a file is still being sent on this stream")
+        if segment.offset < 0 or segment.count < 0:
+            raise LocalProtocolError(f"bad file range: offset and count must be >= 0 ({segment})")
+        self._owner.stream_transmit_file(self, segment, end, now)
+
+    def file_transmitted(self, now: float | None = None) -> None:
+        """The adapter has written the file range given to ``transmit_file`` to the transport."""
+        if not self.transmitting_file:
+            raise LocalProtocolError("file_transmitted without a file being sent")
+        self.transmitting_file = False
+        self._owner.stream_file_transmitted(self, now)
 
     @property
     def accepts_trailers(self) -> bool:

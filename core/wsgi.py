@@ -27,13 +27,16 @@ received, and the engine stops reading from the socket while more than
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from .errors import LocalProtocolError
+from .files import FileSegment, prepare_file_response
 from .headers import validate_response_headers
 from .stream import ClientDisconnected, HttpStream
 
@@ -79,6 +82,14 @@ class WsgiHost(Protocol):
     def wait_for_body(self, stream: HttpStream) -> None: ...
 
     def wait_writable(self, stream: HttpStream) -> None: ...
+
+
+class WsgiFileHost(WsgiHost, Protocol):
+    """A host that can also write a file range to the transport raw (``os.sendfile``): on
+    the app's thread, after the engine accepted ``stream.transmit_file`` and its preceding bytes
+    went out. Raises ClientDisconnected when the transport failed."""
+
+    def write_file(self, stream: HttpStream, segment: FileSegment) -> None: ...
 
 
 # -- the environ -----------------------------------------------------------------------------
@@ -342,6 +353,26 @@ class FileWrapper:
         if close is not None:
             close()
 
+    def segment(self) -> FileSegment | None:
+        """The rest of the file from its current position, when it is a real file whose
+        bytes can be sent raw; None otherwise (a pipe, a BytesIO, a socket...)."""
+        filelike = self.filelike
+        try:
+            fd = filelike.fileno()
+            position = filelike.tell()
+            size = _file_size(fd)
+        except (AttributeError, OSError, ValueError):
+            return None
+        if size is None or not isinstance(position, int) or position > size:
+            return None
+        return FileSegment(filelike, position, size - position)
+
+
+def _file_size(fd: int) -> int | None:
+    """The size of a regular file (metadata only, no reading); None for anything else."""
+    info = os.fstat(fd)
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
 
 # -- start_response, write(), the iterable -------------------------------------------------
 
@@ -487,7 +518,8 @@ class WsgiResponse:
         """Send what the app returned, then end the response; ``close()`` it in every case."""
         try:
             if isinstance(result, FileWrapper):
-                self._send_chunks(result.blocks(max(result.blksize, FILE_BLOCK_SIZE)))
+                if not self._send_file_raw(result):
+                    self._send_chunks(result.blocks(max(result.blksize, FILE_BLOCK_SIZE)))
             elif type(result) is list or type(result) is tuple:
                 # A body known in full: one write, with a Content-Length the engine computes.
                 body = b"".join(
@@ -510,6 +542,57 @@ class WsgiResponse:
                 self._send(data, end=False)
         self._require_status()
         self._send(b"", end=True)
+
+    def _send_file_raw(self, wrapper: FileWrapper) -> bool:
+        """Send a file_wrapper's file with ``os.sendfile`` when the host and the connection
+        allow it (core/files.py). False: nothing was sent; iterate it instead."""
+        write_file = getattr(self._host, "write_file", None)
+        if self.status is None or self.headers_sent:
+            return False
+        segment = wrapper.segment()
+        if segment is None:
+            return False
+        if self._length is not None:
+            if self._length > segment.count:
+                return False  # short of its Content-Length: the block loop reports it
+            segment = FileSegment(segment.file, segment.offset, self._length)
+        stream = self._stream
+
+        def start() -> bool:  # on the engine's thread
+            if stream.aborted_flag:
+                raise ClientDisconnected("the client has disconnected")
+            if write_file is None or not stream.can_transmit_file:
+                return False
+            self._apply_head(stream)
+            prepare_file_response(stream, segment.count, True)
+            stream.transmit_file(segment, True, self._host.now())
+            return True
+
+        if not self._host.call(start):
+            if self._length is None:
+                # The size is known: say it, so the body needs no chunking and HEAD tells it.
+                self._length = segment.count
+                self._headers = [*self._headers, (b"content-length", b"%d" % segment.count)]
+            return False
+        self.headers_sent = True
+        if stream.transmitting_file:
+            assert write_file is not None  # start() checked
+            write_file(stream, segment)
+
+            def sent() -> None:
+                if not stream.aborted_flag:
+                    stream.file_transmitted(self._host.now())
+
+            self._host.call(sent)
+        self.sent += segment.count
+        self._ended = True
+        return True
+
+    def _apply_head(self, stream: HttpStream) -> None:
+        assert self.status is not None
+        stream.status = self.status
+        stream.reason = self._reason
+        stream.response_headers = self._headers
 
     def _require_status(self) -> None:
         if self.status is None:
@@ -566,10 +649,7 @@ class WsgiResponse:
         if stream.aborted_flag:
             raise ClientDisconnected("the client has disconnected")
         if not stream.response_started:
-            assert self.status is not None
-            stream.status = self.status
-            stream.reason = self._reason
-            stream.response_headers = self._headers
+            self._apply_head(stream)
         now = self._host.now()
         if end:
             stream.complete(data, now)
