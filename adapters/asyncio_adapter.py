@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -22,7 +23,7 @@ from typing import Any, TypeVar, cast
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver
+from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
     ADDRESSES_EXTENSION,
@@ -33,13 +34,15 @@ from tiercel.core.asgi import (
 )
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
-from tiercel.core.events import Event, RequestReceived
+from tiercel.core.delegation import Handoff
+from tiercel.core.events import ConnectionDelegated, Event, RequestReceived
 from tiercel.core.files import FileSegment
-from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
-from .files import OpenedFile, open_file_body, read_range
+from .delegation import DelegationFailed, QueueSender, serve_queue_asyncio
+from .files import OpenedFile, read_range, send_file_body, write_file_through_stream
+from .serving import ServesUntilStopped
 from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
@@ -82,13 +85,7 @@ class _Connection(asyncio.Protocol):
             self._closed = True
             self._transport.abort()
             return
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        info = TransportInfo(
-            local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
-            remote_address=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
-            sendfile=True,  # _write_file_raw
-        )
+        info = self._transport_info(transport)
         self._conn = open_connection(
             server.context, info, self._loop.time(), self._listener.settings
         )
@@ -96,6 +93,15 @@ class _Connection(asyncio.Protocol):
         if server.stopping:
             self.shutdown()
         self._sync()
+
+    def _transport_info(self, transport: asyncio.BaseTransport) -> TransportInfo:
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        return TransportInfo(
+            local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
+            remote_address=(peer[0], peer[1]) if isinstance(peer, tuple) else None,
+            sendfile=True,  # _write_file_raw
+        )
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
@@ -229,10 +235,30 @@ class _Connection(asyncio.Protocol):
         for event in events:
             if type(event) is RequestReceived:
                 self._server.start_request(self, event.stream)
+            elif type(event) is ConnectionDelegated:
+                self._hand_off(event)
             else:
                 for waiter in self._waiters.pop(event.stream, ()):
                     if not waiter.done():
                         waiter.set_result(None)
+
+    def _hand_off(self, event: ConnectionDelegated) -> None:
+        """Request delegation: the socket goes to the queue's server. Closing our descriptor
+        then sends nothing (the receiver holds the connection open); on failure the engine
+        has a 503 for ``_sync`` to send."""
+        transport = self._transport
+        sender = self._server.delegation_sender
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        try:
+            if sock is None or sender is None:
+                raise DelegationFailed("this transport has no socket to hand over")
+            sender.send(event.queue, event.handoff, sock.fileno())
+        except DelegationFailed as exc:
+            event.refuse(str(exc))  # the engine logs it as a rejection
+            return
+        assert transport is not None
+        self._closed = True
+        transport.abort()  # close(2) only: no shutdown, no linger, so neither FIN nor RST
 
     def _wake_writers(self) -> None:
         waiters, self._drain_waiters = self._drain_waiters, []
@@ -316,44 +342,37 @@ class _Connection(asyncio.Protocol):
                 if produced:
                     self._sync()
             if not produced and cycle.pending_file is not None:
-                await self._send_file_body(cycle)
+                await send_file_body(cycle, self.send_opened_file)
 
         try:
             await app(scope, receive, send)
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in ASGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
-            )
+            log_app_exception("ASGI", stream)
         finally:
             problem = cycle.app_finished(loop.time())
             if problem:
-                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+                log_app_problem(stream, problem)
             self._waiters.pop(stream, None)
             self._sync()
 
     # -- direct file transmission (core/files.py) ----------------------------------------------
 
-    async def _send_file_body(self, cycle: AsgiHttpCycle) -> None:
-        """Carry out a pathsend/zerocopysend message: raw with sendfile where the engine
-        allows it, else read in pieces and written through the engine."""
-        assert cycle.pending_file is not None
-        opened = open_file_body(cycle.pending_file)
-        try:
-            end = cycle.begin_file(opened.count)
-            await self.send_opened_file(cycle.stream, opened, end)
-        finally:
-            opened.close()
-            cycle.pending_file = None
-
     async def send_opened_file(self, stream: HttpStream, opened: OpenedFile, end: bool) -> None:
+        """A pathsend/zerocopysend range: raw with sendfile where the engine allows it, else
+        read in pieces and written through the engine."""
         loop = self._loop
         counters = self._server.context.file_counters
         if not stream.can_transmit_file:
-            await self._send_file_through_engine(stream, opened, end)
+            await write_file_through_stream(
+                stream,
+                opened,
+                end,
+                now=loop.time,
+                until_writable=self._until_writable,
+                flush=self._sync,
+            )
             counters["read_loop_files"] += 1
             counters["read_loop_bytes"] += opened.count
             return
@@ -414,30 +433,13 @@ class _Connection(asyncio.Protocol):
             self._drain_waiters.append(waiter)
             await waiter
 
-    async def _send_file_through_engine(
-        self, stream: HttpStream, opened: OpenedFile, end: bool
-    ) -> None:
-        loop = self._loop
-        if not stream.body_allowed or opened.count == 0:
-            if end:
-                stream.complete(b"", loop.time())
-            else:
-                stream.start(loop.time())
-            self._sync()
-            return
-        left = opened.count
-        for piece in read_range(opened.file, opened.offset, opened.count):
-            await self._wait_transport_writable()
-            while not stream.can_write and not stream.aborted:
-                waiter = loop.create_future()
-                self._waiters.setdefault(stream, []).append(waiter)
-                await waiter
-            left -= len(piece)
-            if end and not left:
-                stream.complete(piece, loop.time())
-            else:
-                stream.write(piece, loop.time())
-            self._sync()
+    async def _until_writable(self, stream: HttpStream) -> None:
+        """Wait while the transport is paused or the stream's own buffer is full (HTTP/2)."""
+        await self._wait_transport_writable()
+        while not stream.can_write and not stream.aborted:
+            waiter = self._loop.create_future()
+            self._waiters.setdefault(stream, []).append(waiter)
+            await waiter
 
     async def run_wsgi(self, stream: HttpStream) -> None:
         server = self._server
@@ -449,18 +451,36 @@ class _Connection(asyncio.Protocol):
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in WSGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),
-            )
+            log_app_exception("WSGI", stream)
         finally:
             host.closed = True  # the app's thread may still run (cancelled): it touches nothing
             problem = cycle.app_finished(self._loop.time())
             if problem:
-                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+                log_app_problem(stream, problem)
             self._waiters.pop(stream, None)
             self._sync()
+
+
+class _HandedOverConnection(_Connection):
+    """A connection another tiercel delegated to our queue: its addresses come with the
+    handoff (they may be a PROXY header's), and the bytes the front read are fed first."""
+
+    def __init__(self, server: AsyncioServer, listener: Listener, handoff: Handoff) -> None:
+        super().__init__(server, listener)
+        self._handoff = handoff
+
+    def _transport_info(self, transport: asyncio.BaseTransport) -> TransportInfo:
+        handoff = self._handoff
+        return TransportInfo(
+            local_address=handoff.local_address,
+            remote_address=handoff.remote_address,
+            sendfile=True,
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self._conn is not None and self._handoff.data:
+            self.data_received(self._handoff.data)
 
 
 class _LoopWsgiHost:
@@ -554,7 +574,7 @@ class _LoopWsgiHost:
         self._writable = True
 
 
-class AsyncioServer:
+class AsyncioServer(ServesUntilStopped):
     def __init__(self, app: ASGIApp, options: ServerOptions) -> None:
         self.app = app
         self.options = options
@@ -585,6 +605,9 @@ class AsyncioServer:
         self._background: set[asyncio.Task[None]] = set()
         self.endpoints: EndpointManager | None = None
         self.loop: asyncio.AbstractEventLoop  # set by start()
+        # Request delegation: the front's connections to the queues (core/delegation.py).
+        self.delegation_sender = QueueSender() if options.engine.delegation is not None else None
+        self._queue_tasks: list[asyncio.Task[None]] = []  # serving our queue: listeners
 
     @property
     def addresses(self) -> list[str]:
@@ -609,6 +632,11 @@ class AsyncioServer:
             self.lifespan_state = self.lifespan.state if self.lifespan.mode != "off" else None
             self._ticker = self.loop.create_task(self._tick())
             for listener in self.listeners:
+                if listener.is_queue:
+                    adopt = partial(self._adopt_handoff, listener)
+                    queue = serve_queue_asyncio(listener.sock, listener.url, adopt)
+                    self._queue_tasks.append(self.loop.create_task(queue))
+                    continue
                 self._servers.append(
                     await self.loop.create_server(
                         partial(_Connection, self, listener), sock=listener.sock, start_serving=True
@@ -618,6 +646,21 @@ class AsyncioServer:
             for listener in self.listeners:
                 listener.close()
             raise
+
+    async def _adopt_handoff(
+        self, listener: Listener, handoff: Handoff, sock: socket.socket
+    ) -> None:
+        """A connection delegated to our queue: served like one we accepted."""
+        if self.stopping:
+            sock.close()
+            return
+        try:
+            await self.loop.connect_accepted_socket(
+                partial(_HandedOverConnection, self, listener, handoff), sock
+            )
+        except OSError as exc:
+            log.warning("cannot serve a delegated connection: %s", exc)
+            sock.close()
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = self.loop.create_task(fn(*args))
@@ -641,19 +684,11 @@ class AsyncioServer:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def request_stop(self) -> None:
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-
-    async def serve(self) -> None:
-        await self.start()
-        await self.serve_started()
-
-    async def serve_started(self) -> None:
-        """Serve an already started server until ``request_stop``, then stop gracefully."""
-        assert self._stop_requested is not None
-        await self._stop_requested.wait()
-        await self.stop()
+    def _stop_queues(self) -> None:
+        for task in self._queue_tasks:
+            task.cancel()
+        if self.delegation_sender is not None:
+            self.delegation_sender.close()
 
     async def stop(self) -> None:
         """Graceful stop: stop accepting, finish in-flight requests (up to the shutdown
@@ -664,6 +699,7 @@ class AsyncioServer:
         self.stopping = True
         for server in self._servers:
             server.close()
+        self._stop_queues()
         for connection in list(self.connections):
             connection.shutdown()
         deadline = self.loop.time() + self.options.shutdown_timeout

@@ -41,6 +41,11 @@ class Listener:
     origin: str = ""
     inherited_fd: int | None = None  # fd://N and systemd: a descriptor we adopted
 
+    @property
+    def is_queue(self) -> bool:
+        """A request delegation queue (``queue:``): it takes handed-over connections."""
+        return self.endpoint is not None and self.endpoint.kind == "queue"
+
     def describe(self) -> str:
         """The URL, and where the socket came from: ``http://127.0.0.1:80 (inherited fd 5)``."""
         return f"{self.url} ({self.origin})" if self.origin else self.url
@@ -84,6 +89,8 @@ def _tcp(endpoint: Endpoint, host: str, port: int) -> socket.socket:
 def _unix(endpoint: Endpoint) -> Listener:
     path = endpoint.unix_path
     assert path is not None
+    # A delegation queue (queue:) carries handoff messages with their socket, one per packet.
+    kind = socket.SOCK_SEQPACKET if endpoint.kind == "queue" else socket.SOCK_STREAM
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -91,7 +98,7 @@ def _unix(endpoint: Endpoint) -> Listener:
     else:
         if not stat.S_ISSOCK(mode):
             raise BindError(f"cannot listen on {endpoint.url}: {path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe = socket.socket(socket.AF_UNIX, kind)
         try:
             probe.connect(path)
         except OSError:
@@ -102,7 +109,7 @@ def _unix(endpoint: Endpoint) -> Listener:
             )
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.bind(path)
     except OSError as exc:
@@ -118,7 +125,8 @@ def _unix(endpoint: Endpoint) -> Listener:
             os.unlink(path)
         raise _explain(endpoint, path, exc) from None
     origin = "" if endpoint.unix_mode is None else f"mode {endpoint.unix_mode:04o}"
-    return Listener(sock, f"unix:{path}", unix_path=path, endpoint=endpoint, origin=origin)
+    url = f"queue:{path}" if endpoint.kind == "queue" else f"unix:{path}"
+    return Listener(sock, url, unix_path=path, endpoint=endpoint, origin=origin)
 
 
 def _set_unix_mode(endpoint: Endpoint, path: str) -> None:
@@ -136,7 +144,7 @@ def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
     try:
         activated: list[ActivatedSocket] | None = None  # taken from the environment once
         for endpoint in endpoints:
-            if endpoint.kind == "unix":
+            if endpoint.kind in ("unix", "queue"):
                 listeners.append(_unix(endpoint))
                 continue
             if endpoint.kind in ("fd", "systemd"):
@@ -193,6 +201,11 @@ _SYSTEMD_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 class ActivatedSocket:
     fd: int
     name: str  # FileDescriptorName= (systemd-socket-activate --fdname), "unknown" if unnamed
+
+    @property
+    def is_queue(self) -> bool:
+        """A request delegation queue (``queue:``): it takes handed-over connections."""
+        return self.endpoint is not None and self.endpoint.kind == "queue"
 
     def describe(self) -> str:
         named = f", name {self.name!r}" if self.name != "unknown" else ""
@@ -302,8 +315,11 @@ def _adopt(endpoint: Endpoint, fd: int, origin: str) -> Listener:
         if sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
             family = getattr(sock.family, "name", sock.family)
             raise refuse(f"fd {fd} is a {family} socket; tiercel serves TCP or unix sockets")
-        if sock.type != socket.SOCK_STREAM:
+        wanted = socket.SOCK_SEQPACKET if endpoint.kind == "queue" else socket.SOCK_STREAM
+        if sock.type != wanted:
             kind = getattr(sock.type, "name", sock.type)
+            if endpoint.kind == "queue":
+                raise refuse(f"fd {fd} is a {kind} socket; a queue is a SOCK_SEQPACKET socket")
             raise refuse(f"fd {fd} is a {kind} socket; HTTP needs a SOCK_STREAM socket")
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             raise refuse(f"fd {fd} is a socket that is not listening; call listen() on it first")
@@ -313,6 +329,8 @@ def _adopt(endpoint: Endpoint, fd: int, origin: str) -> Listener:
                 raise refuse(f"fd {fd} is a unix socket; ?tls is for TCP sockets only")
             path = local.decode("utf-8", "replace") if isinstance(local, bytes) else local
             url = f"unix:{path.replace(chr(0), '@')}" if path else f"unix:(unnamed fd {fd})"
+            if endpoint.kind == "queue":
+                url = "queue:" + url[5:]
         else:
             url = format_address(endpoint.scheme, local[0], local[1])
         os.set_inheritable(fd, False)  # as sd_listen_fds does: not for our own children

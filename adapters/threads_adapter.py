@@ -55,15 +55,15 @@ from typing import Any, TypeVar
 
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver
+from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
 from tiercel.apps.options import ServerOptions
 from tiercel.core.config import EngineConfig
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import EngineObserver, Rejection, ServerContext, TransportInfo
+from tiercel.core.delegation import Handoff
 from tiercel.core.errors import ConfigError
-from tiercel.core.events import Event, RequestReceived
+from tiercel.core.events import ConnectionDelegated, Event, RequestReceived
 from tiercel.core.files import FileSegment
-from tiercel.core.headers import escape_for_log
 from tiercel.core.http1 import error_response
 from tiercel.core.response_cache import (
     CachedResponse,
@@ -74,6 +74,7 @@ from tiercel.core.response_cache import (
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiApp, WsgiCycle, WsgiErrors
 
+from .delegation import DelegationFailed, QueueSender, peer_refusal, read_queue_blocking
 from .files import sendfile_some
 from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
@@ -225,6 +226,8 @@ class _Client:
     """One accepted connection, and the ``WsgiHost`` its app runs on. Only the thread that
     holds it (a worker or the parker) calls its methods."""
 
+    handoff: Handoff | None = None  # set for a connection another tiercel delegated to us
+
     def __init__(
         self, server: ThreadedServer, sock: socket.socket, listener: Listener, remote: Any
     ) -> None:
@@ -248,6 +251,8 @@ class _Client:
         conn = self.conn
         if conn is None:
             conn = self.conn = self._open()
+            if self.handoff is not None:
+                self._feed_handoff(conn, self.handoff)
         while not self.dead:
             self._handle(conn.pop_events())
             if self.pending:
@@ -259,12 +264,19 @@ class _Client:
         return False
 
     def _open(self) -> EngineConnection:
-        local = self.sock.getsockname()
-        info = TransportInfo(
-            local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
-            remote_address=self.remote,
-            sendfile=True,  # write_file
-        )
+        if self.handoff is not None:  # addresses as the front saw them (perhaps a PROXY header's)
+            info = TransportInfo(
+                local_address=self.handoff.local_address,
+                remote_address=self.handoff.remote_address,
+                sendfile=True,
+            )
+        else:
+            local = self.sock.getsockname()
+            info = TransportInfo(
+                local_address=(local[0], local[1]) if isinstance(local, tuple) else (local or None),
+                remote_address=self.remote,
+                sendfile=True,  # write_file
+            )
         server = self.server
         return open_connection(server.context, info, time.monotonic(), self.listener.settings)
 
@@ -309,6 +321,31 @@ class _Client:
         for event in events:
             if type(event) is RequestReceived:
                 self.pending.append(event.stream)
+            elif type(event) is ConnectionDelegated:
+                self._hand_off(event)
+
+    # -- request delegation (core/delegation.py) ------------------------------------------------
+
+    def _feed_handoff(self, conn: EngineConnection, handoff: Handoff) -> None:
+        """The bytes the delegating front read go to the engine before any from the socket."""
+        self.received_any = True
+        self._handle(conn.receive_data(handoff.data, time.monotonic()))
+        self._flush()
+
+    def _hand_off(self, event: ConnectionDelegated) -> None:
+        """The socket goes to the queue's server; closing ours then sends nothing. On failure
+        the engine has a 503 for ``_flush`` to send."""
+        sender = self.server.delegation_sender
+        try:
+            if sender is None:
+                raise DelegationFailed("this server has no delegation rules")
+            sender.send(event.queue, event.handoff, self.sock.fileno())
+        except DelegationFailed as exc:
+            event.refuse(str(exc))  # the engine logs it as a rejection
+            return
+        self.dead = True
+        self.server.forget(self)
+        self.sock.close()  # a plain close(2): neither FIN nor RST while the receiver has it
 
     def _flush(self) -> None:
         """Send what the engine produced; close when it says so."""
@@ -461,15 +498,11 @@ class _Client:
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in WSGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),
-            )
+            log_app_exception("WSGI", stream)
         finally:
             problem = cycle.app_finished(time.monotonic())
             if problem:
-                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+                log_app_problem(stream, problem)
             if not self.dead:
                 self._flush()
 
@@ -736,6 +769,8 @@ class ThreadedServer:
         self._stop_flag = False  # request_stop(); a plain flag, so signal handlers may set it
         self._force = False
         self._reload_requested = False
+        # Request delegation: the front's connections to the queues (core/delegation.py).
+        self.delegation_sender = QueueSender() if options.engine.delegation is not None else None
 
     @property
     def addresses(self) -> list[str]:
@@ -912,9 +947,32 @@ class ThreadedServer:
                     log.error("cannot accept connections on %s: %s", listener.url, exc)
                     time.sleep(0.1)
                 continue
+            if listener.is_queue:
+                self._read_queue_in_thread(client_sock, listener)
+                continue
             self._admit(client_sock, remote, listener)
 
-    def _admit(self, sock: socket.socket, remote: Any, listener: Listener) -> None:
+    def _read_queue_in_thread(self, conn: socket.socket, listener: Listener) -> None:
+        """A front connected to our queue: a thread takes its handoffs until it goes away."""
+        refusal = peer_refusal(conn)
+        if refusal is not None:
+            log.warning("%s: refused a delegating process: %s", listener.url, refusal)
+            conn.close()
+            return
+
+        def adopt(handoff: Handoff, sock: socket.socket) -> None:
+            self._admit(sock, handoff.remote_address, listener, handoff)
+
+        threading.Thread(
+            target=read_queue_blocking,
+            args=(conn, listener.url, adopt, lambda: self.stopping, POLL),
+            name=f"tiercel-queue-reader {listener.url}",
+            daemon=True,
+        ).start()
+
+    def _admit(
+        self, sock: socket.socket, remote: Any, listener: Listener, handoff: Handoff | None = None
+    ) -> None:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -932,6 +990,8 @@ class ThreadedServer:
             else:
                 warn = self._must_wait()
                 client = _Client(self, sock, listener, remote)
+                if handoff is not None:
+                    client.handoff = handoff
                 self._clients.add(client)
                 self._queue.append(client)
                 self._cond.notify()

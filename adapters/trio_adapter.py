@@ -35,7 +35,7 @@ import trio
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver
+from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
     ADDRESSES_EXTENSION,
@@ -46,13 +46,14 @@ from tiercel.core.asgi import (
 )
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
-from tiercel.core.events import Event, RequestReceived
+from tiercel.core.delegation import Handoff
+from tiercel.core.events import ConnectionDelegated, Event, RequestReceived
 from tiercel.core.files import FileSegment
-from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
-from .files import OpenedFile, open_file_body, read_range, sendfile_some
+from .delegation import DelegationFailed, QueueSender, serve_queue_trio
+from .files import OpenedFile, send_file_body, sendfile_some, write_file_through_stream
 from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
 
 log = logging.getLogger("tiercel.error")
@@ -71,16 +72,32 @@ def _address(value: Any) -> Any:
 
 
 class _Connection:
-    def __init__(self, server: TrioServer, stream: trio.SocketStream, listener: Listener) -> None:
+    _handoff_data = b""  # a connection delegated to our queue: the bytes its front read
+
+    def __init__(
+        self,
+        server: TrioServer,
+        stream: trio.SocketStream,
+        listener: Listener,
+        handoff: Handoff | None = None,
+    ) -> None:
         self._server = server
         self._stream = stream
         sock = stream.socket
-        local = sock.getsockname()
-        info = TransportInfo(
-            local_address=_address(local) or (local or None),
-            remote_address=_address(sock.getpeername()),
-            sendfile=True,  # _write_file_job
-        )
+        if handoff is not None:  # addresses as the front saw them (perhaps a PROXY header's)
+            self._handoff_data = handoff.data
+            info = TransportInfo(
+                local_address=handoff.local_address,
+                remote_address=handoff.remote_address,
+                sendfile=True,
+            )
+        else:
+            local = sock.getsockname()
+            info = TransportInfo(
+                local_address=_address(local) or (local or None),
+                remote_address=_address(sock.getpeername()),
+                sendfile=True,  # _write_file_job
+            )
         self.conn: EngineConnection = open_connection(
             server.context, info, trio.current_time(), listener.settings
         )
@@ -113,6 +130,8 @@ class _Connection:
                 try:
                     if server.stopping:
                         self.shutdown()
+                    if self._handoff_data:
+                        self._feed_handoff()
                     self._sync()
                     with self._io:
                         async with trio.open_nursery() as io:
@@ -172,10 +191,31 @@ class _Connection:
                 assert self._apps is not None
                 run = self._run_wsgi if self._server.wsgi_threads else self._run_asgi
                 self._apps.start_soon(run, event.stream)
+            elif type(event) is ConnectionDelegated:
+                self._hand_off(event)
             else:
                 waiter = self._waiters.pop(event.stream, None)
                 if waiter is not None:
                     waiter.set()
+
+    def _feed_handoff(self) -> None:
+        """The bytes the delegating front read go to the engine before any from the socket."""
+        self._input_seen.set()
+        self._dispatch(self.conn.receive_data(self._handoff_data, trio.current_time()))
+
+    def _hand_off(self, event: ConnectionDelegated) -> None:
+        """Request delegation: the socket goes to the queue's server; closing ours then sends
+        nothing. On failure the engine has a 503 for ``_sync`` to send."""
+        sender = self._server.delegation_sender
+        try:
+            if sender is None:
+                raise DelegationFailed("this server has no delegation rules")
+            sender.send(event.queue, event.handoff, self._stream.socket.fileno())
+        except DelegationFailed as exc:
+            event.refuse(str(exc))  # the engine logs it as a rejection
+            return
+        self._close_socket()  # a plain close(2): neither FIN nor RST while the receiver has it
+        self._io.cancel()
 
     async def _read(self) -> None:
         conn = self.conn
@@ -266,18 +306,9 @@ class _Connection:
         self._writable.unpark_all()
         await done.wait()
 
-    async def _send_file_body(self, cycle: AsgiHttpCycle) -> None:
-        """Carry out a pathsend/zerocopysend message (core/files.py)."""
-        assert cycle.pending_file is not None
-        opened = open_file_body(cycle.pending_file)
-        try:
-            end = cycle.begin_file(opened.count)
-            await self._send_opened_file(cycle.stream, opened, end)
-        finally:
-            opened.close()
-            cycle.pending_file = None
-
     async def _send_opened_file(self, stream: HttpStream, opened: OpenedFile, end: bool) -> None:
+        """A pathsend/zerocopysend range (core/files.py): the writer sends it raw where the
+        engine allows it, else it is read in pieces and written through the engine."""
         now = trio.current_time
         if stream.can_transmit_file:
             stream.transmit_file(opened.segment, end, now())
@@ -293,24 +324,9 @@ class _Connection:
         counters = self._server.context.file_counters
         counters["read_loop_files"] += 1
         counters["read_loop_bytes"] += opened.count
-        if not stream.body_allowed or opened.count == 0:
-            if end:
-                stream.complete(b"", now())
-            else:
-                stream.start(now())
-            self._sync()
-            return
-        left = opened.count
-        for piece in read_range(opened.file, opened.offset, opened.count):
-            await self._until_writable(stream)
-            left -= len(piece)
-            try:
-                if end and not left:
-                    stream.complete(piece, now())
-                else:
-                    stream.write(piece, now())
-            finally:
-                self._sync()
+        await write_file_through_stream(
+            stream, opened, end, now=now, until_writable=self._until_writable, flush=self._sync
+        )
 
     async def _time(self) -> None:
         conn = self.conn
@@ -417,18 +433,14 @@ class _Connection:
             finally:
                 self._sync()
             if cycle.pending_file is not None:
-                await self._send_file_body(cycle)
+                await send_file_body(cycle, self._send_opened_file)
 
         try:
             await server.app(scope, receive, send)
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in ASGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
-            )
+            log_app_exception("ASGI", stream)
         finally:
             self._app_finished(stream, cycle.app_finished(now()))
 
@@ -447,18 +459,14 @@ class _Connection:
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in WSGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),
-            )
+            log_app_exception("WSGI", stream)
         finally:
             host.closed = True  # a thread abandoned by a forced stop touches nothing more
             self._app_finished(stream, cycle.app_finished(trio.current_time()))
 
     def _app_finished(self, stream: HttpStream, problem: str | None) -> None:
         if problem:
-            log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+            log_app_problem(stream, problem)
         self._waiters.pop(stream, None)
         self._sync()
 
@@ -547,6 +555,8 @@ class TrioServer:
         self.stopping = False
         self._stop_requested: trio.Event | None = None
         self._accepting = trio.CancelScope()
+        # Request delegation: the front's connections to the queues (core/delegation.py).
+        self.delegation_sender = QueueSender() if options.engine.delegation is not None else None
 
     @property
     def addresses(self) -> list[str]:
@@ -603,6 +613,10 @@ class TrioServer:
             with self._accepting:
                 async with trio.open_nursery() as acceptors:
                     for listener, sock in zip(self.listeners, sockets, strict=True):
+                        if listener.is_queue:
+                            adopt = partial(self._adopt_handoff, listener, connections)
+                            acceptors.start_soon(serve_queue_trio, sock, listener.url, adopt)
+                            continue
                         acceptors.start_soon(self._accept, sock, listener, connections)
         finally:
             for sock in sockets:
@@ -634,6 +648,24 @@ class TrioServer:
                 continue
             self.connections.add(connection)  # now: a stop beginning before run() waits for it
             connections.start_soon(connection.run)
+
+    async def _adopt_handoff(
+        self, listener: Listener, connections: trio.Nursery, handoff: Handoff, sock: socket.socket
+    ) -> None:
+        """A connection delegated to our queue: served like one we accepted."""
+        if not self.context.try_open_connection():
+            _reset(trio.socket.from_stdlib_socket(sock))  # over max_concurrent_connections
+            return
+        try:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+            connection = _Connection(self, stream, listener, handoff)
+        except Exception:
+            log.exception("cannot serve a delegated connection")
+            self.context.connection_closed()
+            sock.close()
+            return
+        self.connections.add(connection)
+        connections.start_soon(connection.run)
 
     async def _stop(self, connections: trio.Nursery) -> None:
         """Stop accepting, let requests in flight finish (up to the shutdown timeout), abort

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from tiercel.core.addresses import DEFAULT_URLS
 from tiercel.core.config import DataRate, EngineConfig, Limits
+from tiercel.core.delegation import DelegationRules
 from tiercel.core.errors import ConfigError
 from tiercel.core.forwarded import ForwardedHeaders, ForwardedOptions, parse_networks
 from tiercel.core.http2 import Http2Limits
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--shutdown-timeout", type=_seconds, default=30.0, metavar="SECONDS")
     _add_response_cache_arguments(parser)
     _add_prefix_routing_arguments(parser)
+    _add_delegation_arguments(parser)
     logging_group = parser.add_argument_group("logging")
     logging_group.add_argument("--log-level", choices=logs.LEVELS, default="info")
     logging_group.add_argument(
@@ -280,6 +282,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         forwarded=_forwarded_options(args),
         allow_alternate_schemes=args.allow_alternate_schemes,
         response_cache=_response_cache_settings(args),
+        delegation=_delegation_rules(args),
     )
     tls = None
     if args.certfile:
@@ -440,6 +443,36 @@ def _prefix_router_from_args(
     router = PrefixRouter(mount(entries))
     names = ", ".join(entry.name for entry in entries)
     return router, f"{len(entries)} apps from {args.apps} ({names})", options
+
+
+# -- request delegation (core/delegation.py) ------------------------------------------------------
+
+
+def _add_delegation_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("request delegation (HTTP.sys queue transfer)")
+    group.add_argument(
+        "--delegate",
+        action="append",
+        default=[],
+        metavar="PREFIX=QUEUE_PATH",
+        help="hand connections whose first request is under PREFIX (/api/ or "
+        "http://+:8080/api/) to the tiercel serving --urls queue:QUEUE_PATH; repeatable",
+    )
+
+
+def _delegation_rules(args: argparse.Namespace) -> DelegationRules | None:
+    if not args.delegate:
+        return None
+    if args.adapter == "httpsys":
+        raise ConfigError(
+            "--delegate is for the socket adapters; HTTP.sys delegates with its own queues"
+        )
+    return DelegationRules.parse(args.delegate)
+
+
+def _delegation_lines(options: ServerOptions) -> list[str]:
+    rules = options.engine.delegation
+    return [] if rules is None else rules.describe()
 
 
 def _add_response_cache_arguments(parser: argparse.ArgumentParser) -> None:
@@ -603,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             logs.error_log.info("%s", module_note)
         for line in _listening_lines(server, addresses):
             logs.error_log.info("listening on %s", line)
+        for line in _delegation_lines(options):
+            logs.error_log.info("delegating %s", line)
 
     try:
         server.run(on_started=announce)

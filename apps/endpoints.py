@@ -32,9 +32,10 @@ class EndpointManager:
             if listener.url.startswith("https:") and self.store is not None:
                 assert self.options.tls is not None
                 tls = TlsSettings(self.store.default, self.options.tls.handshake_timeout)
-            listener.settings = EndpointSettings(
-                protocols, tls, self.options.http2, self.options.proxy_protocol
-            )
+            # A delegation queue's connections come with the client's address in the handoff
+            # (already taken from any PROXY header by the front): no header to read again.
+            proxy = None if listener.is_queue else self.options.proxy_protocol
+            listener.settings = EndpointSettings(protocols, tls, self.options.http2, proxy)
 
     def reload_certificates(self) -> bool:
         if self.store is None or not self.store.reload():

@@ -7,11 +7,12 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from tiercel.core.addresses import DEFAULT_URLS
 from tiercel.core.config import EngineConfig, Limits
+from tiercel.core.delegation import DelegationRules
 from tiercel.core.errors import ConfigError
 from tiercel.core.forwarded import ForwardedOptions
 from tiercel.core.proxy_protocol import ProxyProtocolSettings
@@ -70,6 +71,15 @@ def response_cache_settings(
     return ResponseCacheSettings(max_size=value)
 
 
+def delegation_rules(value: DelegationRules | Iterable[str] | None) -> DelegationRules | None:
+    """``Server(delegate=...)``: rules, or ``["/api/=/run/tiercel/api.queue", ...]``."""
+    if value is None or isinstance(value, DelegationRules):
+        return value
+    if isinstance(value, str):
+        value = [value]
+    return DelegationRules.parse(value)
+
+
 class Server:
     def __init__(
         self,
@@ -92,6 +102,7 @@ class Server:
         proxy_protocol: ProxyProtocolSettings | None = None,
         rejection_log_level: str = "info",
         response_cache: ResponseCacheSettings | int | str | None = None,
+        delegate: DelegationRules | Iterable[str] | None = None,
         options: ServerOptions | None = None,
     ) -> None:
         self.options = options or ServerOptions(
@@ -105,6 +116,7 @@ class Server:
                 http1_codec=http1_codec,
                 forwarded=forwarded,
                 response_cache=response_cache_settings(response_cache),
+                delegation=delegation_rules(delegate),
             ),
             shutdown_timeout=shutdown_timeout,
             access_log=access_log,

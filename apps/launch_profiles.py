@@ -203,23 +203,32 @@ def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
     return result
 
 
+# Where a parser's message says the error is: json's "msg: line 3 column 5 (char 40)", our
+# comment stripper's "msg (line 3 column 5)", tomllib's "msg (at line 3, column 5)".
+_ERROR_POSITION = re.compile(r"(?:: | \()(?:at )?line (\d+),? column (\d+)")
+
+
+def _not_valid(source: str, kind: str, error: ValueError) -> LaunchProfileError:
+    """``source:LINE:COLUMN: not valid JSON (reason)`` from a parser's error."""
+    text = str(error)
+    match = _ERROR_POSITION.search(text)
+    if match is None:
+        where, reason = source, text
+    else:
+        where, reason = f"{source}:{match.group(1)}:{match.group(2)}", text[: match.start()]
+    return LaunchProfileError(
+        f"{where}: not valid {kind} ({reason}); fix the file or run with --no-launch-profile"
+    )
+
+
 def parse_launch_settings(text: str, source: str) -> list[LaunchProfile]:
     """The profiles of a launchSettings.json file, in file order."""
     if text.startswith("\ufeff"):  # Visual Studio writes a byte order mark
         text = text[1:]
     try:
         document = json.loads(strip_json_comments(text), object_pairs_hook=_json_object)
-    except ValueError as exc:
-        if isinstance(exc, json.JSONDecodeError):
-            where = f"{source}:{exc.lineno}:{exc.colno}"
-            reason = exc.msg
-        else:
-            match = re.search(r"\(line (\d+) column (\d+)\)", str(exc))
-            where = f"{source}:{match.group(1)}:{match.group(2)}" if match else source
-            reason = str(exc).split(" (line")[0]
-        raise LaunchProfileError(
-            f"{where}: not valid JSON ({reason}); fix the file or run with --no-launch-profile"
-        ) from None
+    except ValueError as exc:  # json.JSONDecodeError, or an unterminated /* comment
+        raise _not_valid(source, "JSON", exc) from None
     if not isinstance(document, dict) or not isinstance(document.get("profiles"), dict):
         raise LaunchProfileError(
             f'{source}: expected an object with a "profiles" object in it '
@@ -237,14 +246,26 @@ def parse_launch_settings(text: str, source: str) -> list[LaunchProfile]:
 
 def _profile_from_json(name: str, body: Any, source: str) -> LaunchProfile:
     where = f"{source}: profile {name!r}"
+    values = _profile_values(body, where, "an object", strict=False)
+    return _build_profile(name, values, source, where, default_command="")  # "": not usable
+
+
+def _profile_values(body: Any, where: str, kind: str, strict: bool) -> dict[str, Any]:
+    """The profile's keys under their canonical names (matched case-insensitively). An unknown
+    key is tooling's business in launchSettings.json, as in dotnet run; with ``strict`` (a
+    pyproject table only tiercel reads) it is an error, so a typo is not silently ignored."""
     if not isinstance(body, dict):
-        raise LaunchProfileError(f"{where} must be an object")
+        raise LaunchProfileError(f"{where} must be {kind}")
     values: dict[str, Any] = {}
     for key, value in body.items():
         canonical = PROFILE_KEYS.get(key.lower())
-        if canonical is not None:  # unknown keys are tooling's business, as in dotnet run
+        if canonical is not None:
             values[canonical] = value
-    return _build_profile(name, values, source, where, default_command="")  # "": not usable
+        elif strict and key.lower() not in IGNORED_KEYS:
+            raise LaunchProfileError(
+                f"{where}: unknown key {key!r}; the keys are " + ", ".join(PROFILE_KEYS.values())
+            )
+    return values
 
 
 # -- pyproject.toml --------------------------------------------------------------------------
@@ -255,12 +276,7 @@ def parse_pyproject_profiles(text: str, source: str) -> list[LaunchProfile]:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        where = f"{source}:{match.group(1)}:{match.group(2)}" if match else source
-        reason = str(exc).split(" (at line")[0]
-        raise LaunchProfileError(
-            f"{where}: not valid TOML ({reason}); fix the file or run with --no-launch-profile"
-        ) from None
+        raise _not_valid(source, "TOML", exc) from None
     tool = document.get("tool", {})
     tiercel = tool.get("tiercel", {}) if isinstance(tool, dict) else {}
     profiles = tiercel.get("profiles", {}) if isinstance(tiercel, dict) else {}
@@ -271,19 +287,7 @@ def parse_pyproject_profiles(text: str, source: str) -> list[LaunchProfile]:
     result = []
     for name, body in profiles.items():
         where = f"{source}: [tool.tiercel.profiles.{name}]"
-        if not isinstance(body, dict):
-            raise LaunchProfileError(f"{where} must be a table")
-        values: dict[str, Any] = {}
-        for key, value in body.items():
-            canonical = PROFILE_KEYS.get(key.lower())
-            if canonical is None and key.lower() not in IGNORED_KEYS:
-                # A table only tiercel reads: a typo should not be silently ignored.
-                raise LaunchProfileError(
-                    f"{where}: unknown key {key!r}; the keys are "
-                    + ", ".join(PROFILE_KEYS.values())
-                )
-            if canonical is not None:
-                values[canonical] = value
+        values = _profile_values(body, where, "a table", strict=True)
         result.append(_build_profile(name, values, source, where, default_command=PROJECT))
     _reject_duplicate_names(result)
     return result

@@ -9,6 +9,7 @@ import sys
 from tiercel.core.accesslog import format_access_line
 from tiercel.core.context import Rejection
 from tiercel.core.errors import ConfigError
+from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import HttpStream
 
 error_log = logging.getLogger("tiercel.error")
@@ -61,3 +62,22 @@ class LoggingObserver:
                 rejection.message,
                 rejection.reason,
             )
+
+
+# -- an app's failures, as every adapter reports them ---------------------------------------------
+
+
+def log_app_exception(interface: str, stream: HttpStream) -> None:
+    """Inside ``except``: the app (``interface`` is "ASGI" or "WSGI") raised while serving
+    ``stream``; logged with its traceback."""
+    error_log.exception(
+        "exception in %s app while serving %s %s",
+        interface,
+        stream.method,
+        escape_for_log(stream.raw_target),  # never the decoded path: %1b, %0a
+    )
+
+
+def log_app_problem(stream: HttpStream, problem: str) -> None:
+    """What the app left wrong when it returned (``app_finished``'s answer), e.g. no response."""
+    error_log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)

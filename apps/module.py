@@ -14,17 +14,21 @@ accepts a connection; it fails when the process exits first or does not listen w
 ``startup_time_limit`` (the process is then killed). A failed start, and any later exit that the
 proxy did not ask for, counts as a crash; the next request starts a new process. After more than
 ``rapid_fails_per_minute`` crashes within a minute the proxy answers 502 without starting one
-until the oldest of those crashes is a minute old. Every 502 page names its cause.
+until the oldest of those crashes is a minute old. Every 502 page names its cause. On Linux
+the app dies with the module even when the module is killed outright (see ``_LINUX_LAUNCHER``).
 
 Stop (``aclose``, also run by the ASGI lifespan shutdown): each process is asked to stop
 (SIGTERM; CTRL_BREAK on Windows), given ``shutdown_time_limit`` seconds, then killed.
 
 Requests. Each slot keeps a small pool of idle keep-alive connections to its process. A request
 is forwarded over HTTP/1.1 (``core/http1_client.py``) with the path as received (the app strips
-the path base itself), hop-by-hop headers removed both ways, ``X-Forwarded-For`` and
-``X-Forwarded-Proto`` appended and the pairing token set. The request body streams as it arrives:
-with its Content-Length when the client sent one (or when it came in one piece), chunked
-otherwise. The response body is read ahead of the client into a buffer of at most
+its own path base, TIERCEL_PATH_BASE, itself), hop-by-hop headers removed both ways,
+``X-Forwarded-For`` and ``X-Forwarded-Proto`` appended and the pairing token set. When the
+front is itself under a path base (the scope's ``root_path``), the path below it goes, and the
+base is sent as ``X-Forwarded-Prefix``, which the app puts in front of its own. The app's 1xx
+responses other than 100 (103 Early Hints) are passed on to the client. The request body
+streams as it arrives: with its Content-Length when the client sent one (or when it came in one
+piece), chunked otherwise. The response body is read ahead of the client into a buffer of at most
 ``response_buffer_size`` bytes, so a response that fits is finished upstream, and the connection
 back in the pool, while a slow client is still reading; a larger response streams through that
 buffer without ever being held whole. A pooled connection that turns out to be closed is retried
@@ -48,11 +52,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
+from urllib.parse import quote, unquote
 
+from tiercel.core.asgi import INFORMATIONAL_EXTENSION
 from tiercel.core.errors import ConfigError
 from tiercel.core.http1_client import (
     LAST_CHUNK,
     Body,
+    Informational,
     ResponseEnded,
     ResponseEvent,
     ResponseReader,
@@ -70,8 +77,13 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-# Request headers the module sets itself, or that the front has already acted on.
-_DROPPED_REQUEST_HEADERS = frozenset({TOKEN_HEADER, b"expect", b"content-length"})
+# Request headers the module sets itself, or that the front has already acted on. The app
+# believes X-Forwarded-Prefix from the module, so a client's own must not get through.
+_DROPPED_REQUEST_HEADERS = frozenset(
+    {TOKEN_HEADER, b"expect", b"content-length", b"x-forwarded-prefix"}
+)
+# Characters a path segment may hold unescaped (RFC 3986 pchar), for X-Forwarded-Prefix.
+_PATH_SAFE = "/-._~!$&'()*+,;=:@"
 _READ_SIZE = 262_144
 CRASH_WINDOW = 60.0
 # Idle upstream connections are dropped well before the app's keep-alive timeout (130 s by
@@ -150,6 +162,49 @@ class _NothingReceived(Exception):
         self.cause = cause
 
 
+# On Linux the app's command runs through this launcher, so that the app dies with the module
+# even when the module itself is SIGKILLed: it asks the kernel for SIGTERM when its parent dies
+# (PR_SET_PDEATHSIG, kept across exec), exits if the module is already gone, then execs the
+# command in its own process. Not a preexec_fn: that runs Python in the forked copy of a
+# threaded process, where a lock held by another thread can deadlock it. The kernel signals
+# when the *thread* that forked ends; that is the event loop's, which outlives the app
+# processes. Why an exec failed goes to the pipe named second (closed by a successful exec).
+_LINUX_LAUNCHER = """\
+import os, signal, sys
+parent, report = int(sys.argv[1]), int(sys.argv[2])
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (ImportError, OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    os._exit(1)
+os.set_inheritable(report, False)
+try:
+    os.execvp(sys.argv[3], sys.argv[3:])
+except OSError as exc:
+    os.write(report, (exc.strerror or str(exc)).encode())
+    os._exit(127)
+"""
+_LAUNCHER_USABLE = sys.platform.startswith("linux") and bool(sys.executable)
+
+
+def _launcher_argv(command: Sequence[str], report_write: int) -> list[str]:
+    launcher = [sys.executable, "-I", "-S", "-c", _LINUX_LAUNCHER]
+    return [*launcher, str(os.getpid()), str(report_write), *command]
+
+
+def _launcher_failure(report: int | None) -> str:
+    """What the launcher wrote about a command it could not run ("" if nothing); called once
+    the process has exited, so the pipe holds all there is."""
+    if report is None:
+        return ""
+    try:
+        return os.read(report, 4096).decode("utf-8", "replace")
+    except BlockingIOError:
+        return ""
+
+
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -215,9 +270,18 @@ class AppProcess:
         else:
             # Its own session: a Ctrl+C in the terminal reaches the module, which stops the app.
             extra["start_new_session"] = True
+        argv: Sequence[str] = options.command
+        report: int | None = None  # where the launcher says why the command could not run
+        report_write: int | None = None
+        if _LAUNCHER_USABLE:
+            report, report_write = os.pipe()
+            os.set_blocking(report, False)
+            argv = _launcher_argv(options.command, report_write)
+            extra["pass_fds"] = (report_write,)
+        process: asyncio.subprocess.Process | None = None
         try:
             process = await asyncio.create_subprocess_exec(
-                *options.command,
+                *argv,
                 env=env,
                 cwd=options.working_directory,
                 stdin=subprocess.DEVNULL,
@@ -234,6 +298,20 @@ class AppProcess:
         finally:
             if log_file is not None:
                 log_file.close()
+            if report_write is not None:
+                os.close(report_write)
+            if process is None and report is not None:
+                os.close(report)
+        try:
+            await self._wait_until_listening(process, report)
+        finally:
+            if report is not None:
+                os.close(report)
+
+    async def _wait_until_listening(
+        self, process: asyncio.subprocess.Process, report: int | None
+    ) -> None:
+        options = self._proxy.options
         self.process = process
         self._stopping = False
         log.info(
@@ -247,6 +325,11 @@ class AppProcess:
         delay = 0.02
         while True:
             if process.returncode is not None:
+                failure = _launcher_failure(report)
+                if failure:
+                    raise BadGateway(
+                        f"the app process could not be started: {options.command[0]!r}: {failure}"
+                    )
                 raise BadGateway(
                     f"the app process exited with code {process.returncode} before listening "
                     f"on 127.0.0.1:{self.port}"
@@ -565,7 +648,7 @@ class ModuleProxy:
                 self._pump_body(receive, writer, chunked) if more else _nothing()
             )
             try:
-                started, pending = await self._read_head(reader, response)
+                started, pending = await self._read_head(reader, response, scope, send)
             except _NothingReceived as exc:
                 pump.cancel()
                 writer.close()
@@ -641,6 +724,10 @@ class ModuleProxy:
         proto = str(scope.get("scheme", "http")).encode("ascii")
         forwarded_proto = proto if forwarded_proto is None else forwarded_proto + b", " + proto
         headers.append((b"x-forwarded-proto", forwarded_proto))
+        target, outer_base = _target_under_root_path(scope)
+        if outer_base:
+            prefix = quote(outer_base, safe=_PATH_SAFE, errors="surrogateescape")
+            headers.append((b"x-forwarded-prefix", prefix.encode("ascii")))
         headers.append((TOKEN_HEADER, self.token.encode("ascii")))
         body = first.get("body", b"")
         chunked = False
@@ -651,7 +738,6 @@ class ModuleProxy:
             headers.append((b"transfer-encoding", b"chunked"))
         elif body or scope["method"] in ("POST", "PUT", "PATCH"):
             headers.append((b"content-length", b"%d" % len(body)))
-        target = scope.get("raw_path") or scope["path"].encode("utf-8")
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
         return serialize_request_head(scope["method"], target, headers), chunked
@@ -679,9 +765,12 @@ class ModuleProxy:
                 return False  # the app closed the connection; the response side reports it
 
     async def _read_head(
-        self, reader: asyncio.StreamReader, response: ResponseReader
+        self, reader: asyncio.StreamReader, response: ResponseReader, scope: Message, send: Send
     ) -> tuple[ResponseStarted, list[ResponseEvent]]:
-        """The response head, and the events that came with it in the same read."""
+        """The response head, and the events that came with it in the same read. The app's
+        1xx responses (103 Early Hints) go on to the client when the front can send them;
+        100 Continue does not: the front answered the client's Expect itself."""
+        relay_informational = INFORMATIONAL_EXTENSION in (scope.get("extensions") or {})
         timeout = self.options.request_timeout
         received = 0
         while True:
@@ -701,6 +790,14 @@ class ModuleProxy:
             for index, event in enumerate(events):
                 if isinstance(event, ResponseStarted):
                     return event, events[index + 1 :]
+                if isinstance(event, Informational) and relay_informational and event.status != 100:
+                    await send(
+                        {
+                            "type": INFORMATIONAL_EXTENSION,
+                            "status": event.status,
+                            "headers": strip_hop_by_hop(event.headers),
+                        }
+                    )
 
     async def _relay(
         self,
@@ -777,6 +874,40 @@ class ModuleProxy:
 
 async def _nothing() -> bool:
     return True
+
+
+def _target_under_root_path(scope: Message) -> tuple[bytes, str]:
+    """The request target for the app, and the path base the front itself is under.
+
+    The scope's ``root_path`` is the front's own path base (its ``--root-path``, an
+    X-Forwarded-Prefix it believed, the part of the path a prefix router is mounted at); the
+    app's path base (TIERCEL_PATH_BASE) is still inside ``path``, for the app to find. The app
+    gets the path below the front's base, spelled as the client spelled it, and the front's
+    base as X-Forwarded-Prefix, which it puts in front of its own (as ASP.NET does with
+    UseForwardedHeaders before UsePathBase)."""
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    outer: str = scope.get("root_path", "")
+    if not outer:
+        return raw_path, ""
+    path: str = scope["path"]
+    rest = path[len(outer) :] if path.startswith(outer) else path
+    return _raw_tail(raw_path, rest) or _escape_path(rest or "/"), outer
+
+
+def _raw_tail(raw_path: bytes, decoded: str) -> bytes | None:
+    """The end of ``raw_path``, from a '/', that decodes to ``decoded`` (the client's own
+    escapes are kept), or None."""
+    text = raw_path.decode("latin-1")
+    start = text.find("/")
+    while start != -1:
+        if unquote(text[start:], errors="replace") == decoded:
+            return raw_path[start:]
+        start = text.find("/", start + 1)
+    return None
+
+
+def _escape_path(path: str) -> bytes:
+    return quote(path, safe=_PATH_SAFE, errors="surrogateescape").encode("ascii")
 
 
 def _describe(exc: BaseException, slot: AppProcess) -> str:

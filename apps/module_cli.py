@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -17,7 +16,9 @@ from tiercel.core.errors import ConfigError
 from tiercel.core.forwarded import DEFAULT_KNOWN_NETWORKS, ForwardedHeaders, ForwardedOptions
 
 from . import logs
+from .cli import _count, _explicit_flags, _seconds, build_parser, options_from_args
 from .options import ServerOptions
+from .workers import report_startup_error
 
 MODULE_EXAMPLES = """\
 examples:
@@ -27,21 +28,12 @@ examples:
 
 The app process gets TIERCEL_PORT (a free loopback port), TIERCEL_TOKEN (the pairing token) and
 TIERCEL_PATH_BASE. `tiercel APP` started with them listens on 127.0.0.1:TIERCEL_PORT only,
-refuses requests without the token (400) and believes the module's X-Forwarded-For/-Proto.
+refuses requests without the token (400) and believes the module's X-Forwarded-For/-Proto
+(and -Prefix: the path base the module's front is under, put in front of TIERCEL_PATH_BASE).
 """
 
 # Options of `tiercel` that make no sense for the front (it serves the proxy, not an app).
 _APP_ONLY = ("factory", "interface", "threads", "lifespan", "root_path")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return value
 
 
 def _whole(text: str) -> int:
@@ -51,8 +43,6 @@ def _whole(text: str) -> int:
 
 
 def build_module_parser() -> argparse.ArgumentParser:
-    from .cli import build_parser
-
     parser = build_parser()
     parser.prog = "tiercel module"
     parser.usage = "tiercel module [OPTIONS] -- COMMAND [ARGS...]"
@@ -82,14 +72,14 @@ def build_module_parser() -> argparse.ArgumentParser:
     group.add_argument("--working-directory", metavar="DIR", help="the app's working directory")
     group.add_argument(
         "--startup-time-limit",
-        type=_positive,
+        type=_seconds,
         default=120.0,
         metavar="SECONDS",
         help="how long the app may take to listen before it is killed (default 120)",
     )
     group.add_argument(
         "--shutdown-time-limit",
-        type=_positive,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="how long the app gets to stop after SIGTERM before it is killed (default 10)",
@@ -104,7 +94,7 @@ def build_module_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--request-timeout",
-        type=_positive,
+        type=_seconds,
         default=120.0,
         metavar="SECONDS",
         help="502 when the app stays silent this long during a request (default 120)",
@@ -117,7 +107,7 @@ def build_module_parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--processes",
-        type=_whole,
+        type=_count,
         default=1,
         metavar="N",
         help="app processes, used round-robin (default 1)",
@@ -134,12 +124,11 @@ def module_main(argv: list[str]) -> int:
         front_argv, command = argv, []
     parser = build_module_parser()
     args = parser.parse_args(front_argv)
-    args._explicit = {a[2:].split("=")[0].replace("-", "_") for a in front_argv if a[:2] == "--"}
+    args._explicit = _explicit_flags(front_argv)
     logs.configure(args.log_level)
 
     from tiercel.adapters.sockets import BindError
 
-    from .cli import options_from_args
     from .hosting import Server
     from .lifespan import LifespanFailed
     from .module import ModuleOptions, ModuleProxy
@@ -195,8 +184,7 @@ def module_main(argv: list[str]) -> int:
         proxy = ModuleProxy(options=module_options)
         server = Server(proxy, options=options)
     except ConfigError as exc:
-        print(f"tiercel: error: {exc}", file=sys.stderr)
-        return 2
+        return report_startup_error(None, exc, 2)
 
     def announce(addresses: list[str]) -> None:
         logs.error_log.info(
@@ -208,11 +196,9 @@ def module_main(argv: list[str]) -> int:
     try:
         server.run(on_started=announce)
     except ConfigError as exc:
-        print(f"tiercel: error: {exc}", file=sys.stderr)
-        return 2
+        return report_startup_error(None, exc, 2)
     except (BindError, LifespanFailed) as exc:
-        print(f"tiercel: error: {exc}", file=sys.stderr)
-        return 1
+        return report_startup_error(None, exc, 1)
     except KeyboardInterrupt:
         return 130
     finally:
@@ -232,8 +218,9 @@ def apply_module_environment(
 
     As in ASP.NET Core's IIS integration: listen on 127.0.0.1:TIERCEL_PORT only (whatever the
     URLs said), use TIERCEL_PATH_BASE as the path base, believe X-Forwarded-For/-Proto from
-    loopback, refuse requests without the pairing token, and leave the body size limit to the
-    module (the front enforces its own)."""
+    loopback (and X-Forwarded-Prefix: the path base the module's front is itself under, which
+    goes in front of TIERCEL_PATH_BASE), refuse requests without the pairing token, and leave
+    the body size limit to the module (the front enforces its own)."""
     port_text, token = environ.get("TIERCEL_PORT"), environ.get("TIERCEL_TOKEN")
     if port_text is None and token is None:
         return options, None
@@ -249,7 +236,9 @@ def apply_module_environment(
     engine = options.engine
     previous = engine.forwarded
     forwarded = ForwardedOptions(
-        headers=ForwardedHeaders.X_FORWARDED_FOR | ForwardedHeaders.X_FORWARDED_PROTO,
+        headers=ForwardedHeaders.X_FORWARDED_FOR
+        | ForwardedHeaders.X_FORWARDED_PROTO
+        | ForwardedHeaders.X_FORWARDED_PREFIX,
         known_networks=DEFAULT_KNOWN_NETWORKS,
         forward_limit=1,
         allowed_hosts=previous.allowed_hosts if previous is not None else (),

@@ -10,7 +10,11 @@ A TOML file lists the apps, each with one or more HTTP.sys URL prefixes::
 ``PrefixRouter`` is the ASGI app the server runs. For each request it asks the ``PrefixTable``
 (core/url_prefixes.py) which registration takes (scheme, Host, local port, path), then calls
 that app with ``root_path`` extended by the matched path base; ``path`` stays the full path, as
-the ASGI spec asks. No match is a plain-text 404. Lifespan is fanned out: startup runs each ASGI
+the ASGI spec asks. An out-of-process app (``command``) is the exception: its ``ModuleProxy``
+keeps the front's own ``root_path``, forwards the path below it with that base as
+X-Forwarded-Prefix, and the app process finds its prefix's path base (TIERCEL_PATH_BASE) in
+the path itself, caselessly; the app sees the same ``root_path`` an in-process app would.
+No match is a plain-text 404. Lifespan is fanned out: startup runs each ASGI
 app's startup in file order (a failure stops the server and names the app, after shutting down
 the ones already started), shutdown runs them in reverse. WSGI apps are run through
 ``WsgiInAsgi`` and have no lifespan.
@@ -301,7 +305,11 @@ class PrefixRouter:
             return
         mounted = found.target
         child = dict(scope)
-        child["root_path"] = root_path + found.path_base
+        # An out-of-process app finds its own path base (TIERCEL_PATH_BASE) in the path, as
+        # an ANCM app applies ASPNETCORE_APPL_PATH: its proxy is given only the front's base,
+        # which reaches the app as X-Forwarded-Prefix. In-process apps get the whole base.
+        if mounted.entry.module is None:
+            child["root_path"] = root_path + found.path_base
         if mounted.lifespan is not None:
             child["state"] = mounted.state.copy()
         else:

@@ -17,7 +17,16 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 from tiercel.adapters.threads_adapter import worker_threads
-from tiercel.core.wsgi import HOP_BY_HOP, FileWrapper, WsgiErrors, parse_status
+from tiercel.core.stream import ClientDisconnected
+from tiercel.core.wsgi import (
+    BodyInput,
+    FileWrapper,
+    WsgiErrors,
+    add_header_variables,
+    parse_headers,
+    parse_status,
+    wsgi_string,
+)
 
 log = logging.getLogger("tiercel.error")
 
@@ -26,65 +35,26 @@ Receive = Callable[[], Any]
 Send = Callable[[Message], Any]
 
 
-class _BodyReader:
+class _BodyReader(BodyInput):
     """``wsgi.input``: pulls ``http.request`` messages from the loop as the app reads."""
 
     def __init__(self, receive: Receive) -> None:
+        super().__init__()
         self._receive = receive
-        self._buffer = b""
-        self._done = False
 
-    def _pull(self) -> bool:
-        if self._done:
-            return False
-        message = anyio.from_thread.run(self._receive)
-        if message["type"] != "http.request":  # http.disconnect
-            self._done = True
-            raise OSError("the client disconnected while the app read the request body")
-        self._buffer += message.get("body", b"")
-        self._done = not message.get("more_body", False)
-        return True
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._pull():
-                pass
-            data, self._buffer = self._buffer, b""
-            return data
-        while len(self._buffer) < size and self._pull():
-            pass
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        limit = size if size is not None and size >= 0 else None
-        while b"\n" not in self._buffer and (limit is None or len(self._buffer) < limit):
-            if not self._pull():
-                break
-        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
-        if limit is not None:
-            end = min(end, limit)
-        line, self._buffer = self._buffer[:end], self._buffer[end:]
-        return line
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines: list[bytes] = []
-        total = 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> _BodyReader:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
+    def _fill(self) -> bytes:
+        while not self._eof:
+            message = anyio.from_thread.run(self._receive)
+            if message["type"] != "http.request":  # http.disconnect
+                self._eof = True
+                raise ClientDisconnected(
+                    "the client disconnected while the app read the request body"
+                )
+            self._eof = not message.get("more_body", False)
+            body = bytes(message.get("body", b""))
+            if body:
+                return body
+        return b""
 
 
 def _environ(scope: Message, body: _BodyReader) -> dict[str, Any]:
@@ -96,9 +66,8 @@ def _environ(scope: Message, body: _BodyReader) -> dict[str, Any]:
     port = server[1] if server[1] is not None else (443 if scheme == "https" else 80)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope["method"],
-        # PEP 3333 "bytes as latin-1" strings.
-        "SCRIPT_NAME": root_path.encode("utf-8").decode("latin-1"),
-        "PATH_INFO": path_info.encode("utf-8").decode("latin-1"),
+        "SCRIPT_NAME": wsgi_string(root_path),
+        "PATH_INFO": wsgi_string(path_info),
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         "SERVER_NAME": str(server[0]),
         "SERVER_PORT": str(port),
@@ -116,15 +85,11 @@ def _environ(scope: Message, body: _BodyReader) -> dict[str, Any]:
     if client:
         environ["REMOTE_ADDR"] = str(client[0])
         environ["REMOTE_PORT"] = str(client[1])
-    for raw_name, raw_value in scope.get("headers", []):
-        name = raw_name.decode("latin-1").upper().replace("-", "_")
-        value = raw_value.decode("latin-1")
-        key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + name
-        if key in environ:
-            separator = "; " if key == "HTTP_COOKIE" else ","
-            environ[key] = environ[key] + separator + value
-        else:
-            environ[key] = value
+    headers = scope.get("headers", [])
+    for name, value in headers:
+        if name == b"content-length":  # the engine has checked it: one whole number
+            environ["CONTENT_LENGTH"] = value.decode("latin-1")
+    add_header_variables(environ, headers)
     return environ
 
 
@@ -184,11 +149,7 @@ class _Response:
         if self._status is not None and exc_info is None:
             raise RuntimeError("start_response called twice without exc_info (PEP 3333)")
         self._status = parse_status(status)[0]
-        self._headers = [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers
-            if name.lower() not in HOP_BY_HOP
-        ]
+        self._headers = [(name.lower(), value) for name, value in parse_headers(headers)[0]]
         return self.write
 
     def _call(self, message: Message) -> None:

@@ -13,7 +13,7 @@ from .errors import (
     RequestBodyTooLarge,
     TiercelError,
 )
-from .events import Event, RequestReceived, StreamUpdated
+from .events import ConnectionDelegated, Event, RequestReceived, StreamUpdated
 from .features import (
     ConnectionFeature,
     FeatureCollection,
@@ -33,6 +33,7 @@ __all__ = [
     "AsgiHttpCycle",
     "ClientDisconnected",
     "ConfigError",
+    "ConnectionDelegated",
     "ConnectionFeature",
     "DataRate",
     "Endpoint",

@@ -8,6 +8,9 @@ Sockets made by someone else (Kestrel's ``ListenHandle``) have their own forms: 
 already listening socket inherited as descriptor 3, ``systemd://`` every socket systemd passed
 (socket activation) and ``systemd://NAME`` those with that ``FileDescriptorName=``. Both serve
 plain HTTP unless ``?tls`` follows. ``unix:/run/app.sock?mode=0660`` sets the socket file's mode.
+
+``queue:/run/tiercel/api.queue`` is a request delegation queue (core/delegation.py): a
+SOCK_SEQPACKET unix socket on which front servers hand over connections (``?mode=`` as unix:).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ class Endpoint:
     scheme: str  # "http", "https" or "unix"
     host: str | None  # None for unix sockets
     port: int
-    kind: str  # "localhost", "any", "ip", "unix", "fd", "systemd"
+    kind: str  # "localhost", "any", "ip", "unix", "fd", "systemd", "queue"
     unix_path: str | None = None
     unix_mode: int | None = None  # unix:/path?mode=0660: the socket file's permission bits
     fd: int | None = None  # fd://N: the inherited descriptor
@@ -49,6 +52,8 @@ def parse_url(url: str) -> Endpoint:
     text = url.strip()
     if text.startswith("unix:"):
         return _parse_unix(url, text[5:])
+    if text.startswith("queue:"):
+        return _parse_queue(url, text[6:])
     if text.lower().startswith("fd:"):
         return _parse_fd(url, text[3:])
     if text.lower().startswith("systemd:"):
@@ -59,7 +64,7 @@ def parse_url(url: str) -> Endpoint:
         raise _bad(url, str(exc)) from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise _bad(url, "the scheme must be http://, https:// or unix:")
+        raise _bad(url, "the scheme must be http://, https://, unix: or queue:")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise _bad(url, "a listen URL cannot have a path; use --root-path for a path base")
     netloc = parts.netloc
@@ -157,6 +162,17 @@ def _parse_unix(url: str, rest: str) -> Endpoint:
                 f"mode {options['mode']!r} is not an octal permission such as 0660 or 0600",
             )
     return Endpoint(url, "unix", None, 0, "unix", unix_path=path, unix_mode=mode)
+
+
+def _parse_queue(url: str, rest: str) -> Endpoint:
+    """``queue:/path[?mode=0660]``: where front servers hand this server their connections."""
+    path = rest.partition("?")[0]
+    if not path.startswith("/") or not path.strip("/"):
+        raise _bad(url, "a queue needs an absolute path, e.g. queue:/run/tiercel/api.queue")
+    unix = _parse_unix(url, rest)
+    return Endpoint(
+        url, "http", None, 0, "queue", unix_path=unix.unix_path, unix_mode=unix.unix_mode
+    )
 
 
 def _socket_mode(text: str) -> int | None:

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .delegation import DelegationRules
 from .errors import ConfigError
 from .forwarded import ForwardedOptions
 from .response_cache import ResponseCacheSettings
@@ -116,9 +117,16 @@ class EngineConfig:
     # Kestrel's AllowAlternateSchemes: accept an HTTP/2 :scheme that differs from the connection's
     # (HAProxy's ``proto h2`` sends "https" over cleartext) and give it to the app as the scheme.
     allow_alternate_schemes: bool = False
+    # Request delegation (core/delegation.py): first requests of cleartext HTTP/1.1
+    # connections matching a rule are handed to another process; None leaves it off.
+    delegation: DelegationRules | None = None
 
     def __post_init__(self) -> None:
         self._check_response_cache()
+        if self.delegation is not None and not isinstance(self.delegation, DelegationRules):
+            raise ConfigError(
+                f"delegation must be DelegationRules or None (got {self.delegation!r})"
+            )
         if not isinstance(self.limits, Limits):
             raise ConfigError(f"limits must be a Limits object (got {self.limits!r})")
         if self.server_header is not None and (

@@ -8,10 +8,12 @@ stream what it now can do. That keeps every protocol decision inside the engine.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
+    from .delegation import Handoff
     from .stream import HttpStream
 
 
@@ -25,4 +27,20 @@ class StreamUpdated:
     stream: HttpStream
 
 
-Event = RequestReceived | StreamUpdated
+@dataclass(frozen=True, slots=True)
+class ConnectionDelegated:
+    """The connection's first request belongs to another process (core/delegation.py).
+
+    The engine has stopped reading and writes nothing more. The adapter stops reading too,
+    sends the socket and ``encode_handoff(handoff)`` to ``queue``, then closes its own
+    descriptor without a FIN or a reset. If the handoff fails it calls ``refuse(reason)``
+    instead: the engine then has a 503 to send, and the connection closes as after any answer.
+    """
+
+    queue: str
+    handoff: Handoff
+    refuse: Callable[[str], None]
+    stream: ClassVar[None] = None  # no stream: a waiter lookup by stream finds nothing
+
+
+Event = RequestReceived | StreamUpdated | ConnectionDelegated

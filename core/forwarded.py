@@ -21,9 +21,11 @@ send these headers, so they are believed only while the *sender* is a known prox
    an entry instead. An invalid proto, host or prefix is just not applied.
 4. The results replace ``stream.remote_address`` (ASGI ``client``), ``stream.scheme``, the
    ``host`` header and ``stream.path_base`` (ASGI ``root_path``; ``path`` keeps ASGI's rule of
-   including it). The consumed entries are removed from their header, and the values they
-   replaced are kept in ``x-original-for`` / ``-proto`` / ``-host`` / ``-prefix``. ASGI's
-   ``server`` stays the socket's local address: like ASP.NET, only the Host header changes.
+   including it). A forwarded prefix goes in front of the server's own ``root_path`` when that
+   was found in the path: ``/edge`` + ``/app``. The consumed entries are removed from their
+   header, and the values they replaced are kept in ``x-original-for`` / ``-proto`` /
+   ``-host`` / ``-prefix``. ASGI's ``server`` stays the socket's local address: like ASP.NET,
+   only the Host header changes.
 
 When both families are enabled and a request carries any of the enabled ``X-Forwarded-*``
 headers, those are used and ``Forwarded`` is ignored; otherwise ``Forwarded`` is used. Enable only
@@ -478,7 +480,9 @@ def _apply(stream: HttpStream, options: ForwardedOptions) -> None:
         host_value = new_host.encode("latin-1")
     if new_prefix is not None:
         originals.append((b"x-original-prefix", stream.path_base.encode("utf-8")))
-        stream.path_base = new_prefix
+        # The proxy stripped its prefix before our root_path: it goes in front of it, as with
+        # ASP.NET's UseForwardedHeaders followed by UsePathBase.
+        stream.path_base = new_prefix + stream.path_base
 
     rewritten: list[tuple[bytes, bytes]] = []
     host_done = False

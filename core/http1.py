@@ -31,8 +31,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from .context import Rejection, ServerContext, TransportInfo
+from .delegation import Handoff
 from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
-from .events import Event, RequestReceived, StreamUpdated
+from .events import ConnectionDelegated, Event, RequestReceived, StreamUpdated
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_codec import (
@@ -49,8 +50,10 @@ from .pairing import check_pairing_token
 from .status import STATUS_LINES_11, reason_phrase
 from .stream import HttpStream
 from .switching import rebind
+from .url_prefixes import match_path_base
 
 if TYPE_CHECKING:
+    from .delegation import DelegationRules
     from .files import FileSegment
     from .http2 import Http2Limits, Http2Protocol
     from .response_cache import ResponseCache
@@ -107,6 +110,10 @@ class Http1Protocol:
     _after_file: tuple[bytes, bool] | None = None
     _before_file = 0  # how many items of _out go out before the file
     _answering_from_cache = False
+    # Request delegation (core/delegation.py), on cleartext connections of a server with
+    # rules: the rules and every byte received, until the first request is decided.
+    _delegation: DelegationRules | None = None
+    _received_so_far: list[bytes] | None = None
 
     def __init__(
         self,
@@ -149,6 +156,8 @@ class Http1Protocol:
         self._write_blocked = False
         self._abort = False
         self._continue_sent = False
+        if context.config.delegation is not None and transport.tls is None:
+            self._record_for_delegation(context.config.delegation)
 
     # -- adapter interface --------------------------------------------------------------------
 
@@ -379,14 +388,16 @@ class Http1Protocol:
             self._fail(error)
 
     def _start_stream(self, head: RequestHead) -> None:
+        if self._delegation is not None and self._delegate(head):
+            return
         now = self._now
         transport = self._transport
         scheme = transport.scheme
         path = head.path
         root = self._context.config.root_path
         path_base = ""
-        if root and (path == root or path.startswith(root + "/")):
-            path_base, path = root, path[len(root) :]
+        if root and (matched := match_path_base(path, root)) is not None:
+            path_base, path = matched, path[len(matched) :]
         stream = HttpStream(
             self,
             next(self._stream_ids),
@@ -432,6 +443,51 @@ class Http1Protocol:
         if cache is not None and self._answer_from_cache(cache, stream, now):
             return
         self._events.append(RequestReceived(stream))
+
+    # -- request delegation (core/delegation.py) ---------------------------------------------
+
+    def _record_for_delegation(self, rules: DelegationRules) -> None:
+        """Keep every received byte until the first request is decided: a delegated
+        connection takes them all to the other process. Only such connections pay for it
+        (their receive_data is wrapped; a front rebinding to it takes the wrapper)."""
+        self._delegation = rules
+        self._received_so_far = []
+        receive = self.receive_data
+
+        def receive_recorded(data: bytes, now: float) -> list[Event]:
+            received = self._received_so_far
+            if received is not None:
+                received.append(data)
+            return receive(data, now)
+
+        self.receive_data = receive_recorded  # type: ignore[method-assign]
+
+    def _delegate(self, head: RequestHead) -> bool:
+        """Decide the first request: hand the connection over (True) or serve it here."""
+        rules, self._delegation = self._delegation, None
+        received, self._received_so_far = self._received_so_far, None
+        assert rules is not None and received is not None
+        local = self._transport.local_address
+        local_ip, port = local if isinstance(local, tuple) else (None, 0)
+        host = (head.host or b"").decode("latin-1")
+        queue = rules.queue_for(host, port, head.path, local_ip)
+        if queue is None:
+            return False
+        self._enter(Phase.CLOSED, None)
+        self._rate_start = None
+        handoff = Handoff(
+            data=b"".join(received),
+            remote_address=self._transport.remote_address,
+            local_address=local if isinstance(local, tuple) else None,
+        )
+        self._events.append(ConnectionDelegated(queue, handoff, self._refuse_delegation))
+        return True
+
+    def _refuse_delegation(self, reason: str) -> None:
+        """The adapter could not hand the connection over: answer 503 and close."""
+        message = f"this request belongs to another server process, which cannot take it: {reason}"
+        self._out.append(error_response(503, message, self._context))
+        self._record(503, "delegation_failed", message)
 
     def _answer_from_cache(self, cache: ResponseCache, stream: HttpStream, now: float) -> bool:
         # Answering completes the cycle, which would pump the next pipelined request from

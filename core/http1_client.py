@@ -37,7 +37,7 @@ from .http1_head import _BAD_VALUE_BYTE, _DIGITS, _HEADER_NAME
 Headers = list[tuple[bytes, bytes]]
 
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t \x21-\x7e\x80-\xff]*))?")
-_METHOD = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD = _HEADER_NAME  # a method is a token, as a field name is (RFC 9110 9.1, 5.1)
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 
 # RFC 9110 7.6.1 plus the pre-standard names still seen in the wild.

@@ -58,6 +58,7 @@ from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
 from .pairing import check_pairing_token
 from .stream import HttpStream
+from .url_prefixes import match_path_base
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -425,8 +426,8 @@ class Http2Protocol:
         root = self._context.config.root_path
         path = request.path
         path_base = ""
-        if root and (path == root or path.startswith(root + "/")):
-            path_base, path = root, path[len(root) :]
+        if root and (matched := match_path_base(path, root)) is not None:
+            path_base, path = matched, path[len(matched) :]
         stream = self._new_stream(
             stream_id,
             method=request.method,

@@ -47,6 +47,7 @@ __all__ = [
     "PrefixTable",
     "UrlPrefix",
     "host_from_header",
+    "match_path_base",
     "parse_url_prefix",
 ]
 
@@ -300,7 +301,6 @@ class PrefixTable(Generic[Target]):
         """
         request_host = _ascii_or_raw(host_from_header(host))
         request_ip = _normal_ip(local_ip)
-        segments = path.split("/")[1:] if path.startswith("/") else None
         for kind in HostKind:
             bucket = self._buckets.get((scheme.lower(), port, kind))
             if not bucket:
@@ -310,7 +310,7 @@ class PrefixTable(Generic[Target]):
                     continue
                 if kind is HostKind.IP_BOUND and prefix.host != request_ip:
                     continue
-                found = _match_path(prefix, path, segments)
+                found = _match_path(prefix, path)
                 if found is not None:
                     return PrefixMatch(prefix, target, found, path[len(found) :])
         return None
@@ -323,14 +323,25 @@ def _ascii_or_raw(host: str) -> str:
         return host
 
 
-def _match_path(prefix: UrlPrefix, path: str, segments: list[str] | None) -> str | None:
-    """The path base when ``path`` lies under ``prefix``'s path, else None."""
-    wanted = prefix.segments
-    if not wanted:
-        return ""
-    if segments is None or len(segments) < len(wanted):
+def match_path_base(path: str, base: str) -> str | None:
+    """The start of ``path`` that is the path base ``base`` ("/api"; "" for none), in the
+    path's own spelling, or None when ``path`` does not lie under it.
+
+    HTTP.sys and ASP.NET Core's ``UsePathBase`` compare caselessly and on segment boundaries:
+    ``/api`` takes ``/api``, ``/API/x`` and ``/api/`` but not ``/apix``. Both the prefix table
+    and the engine's ``root_path`` use this, so the two agree on every request. An exact match
+    costs one comparison; only a differently cased path pays for lowering."""
+    size = len(base)
+    if len(path) > size and path[size] != "/":
         return None
-    for got, expected in zip(segments, wanted, strict=False):
-        if got.lower() != expected:
-            return None
-    return "/" + "/".join(segments[: len(wanted)])
+    head = path[:size]
+    if head == base or (len(head) == size and head.lower() == base.lower()):
+        return head
+    return None
+
+
+def _match_path(prefix: UrlPrefix, path: str) -> str | None:
+    """The path base when ``path`` lies under ``prefix``'s path, else None."""
+    if not prefix.segments:
+        return ""
+    return match_path_base(path, prefix.path_base)

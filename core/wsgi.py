@@ -165,7 +165,21 @@ def wsgi_environ(
         environ["REMOTE_PORT"] = str(remote[1])
     if stream.request_content_length is not None:
         environ["CONTENT_LENGTH"] = str(stream.request_content_length)
-    for raw_name, raw_value in stream.headers:
+    add_header_variables(environ, stream.headers)
+    if extra:
+        environ.update(extra)
+    return environ
+
+
+def add_header_variables(environ: Environ, headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """``CONTENT_TYPE`` and ``HTTP_*`` for the request headers (lower-case names).
+
+    Content-Length is left to the caller, which knows the validated length. Names with "_"
+    are left out, as nginx and gunicorn do: in the environ they would be indistinguishable
+    from the "-" spelling a proxy may have vetted. Repeated headers are joined with ", "
+    (cookies with "; ").
+    """
+    for raw_name, raw_value in headers:
         if raw_name == b"content-length":
             continue
         name = raw_name.decode("latin-1")
@@ -177,9 +191,6 @@ def wsgi_environ(
         if previous is not None:
             value = previous + ("; " if name == "cookie" else ", ") + value
         environ[key] = value
-    if extra:
-        environ.update(extra)
-    return environ
 
 
 class WsgiErrors:
@@ -211,52 +222,20 @@ class WsgiErrors:
 # -- wsgi.input ------------------------------------------------------------------------------
 
 
-class WsgiInput:
-    """``wsgi.input``: the request body as it arrives, never buffered whole.
+class BodyInput:
+    """A ``wsgi.input`` over pieces of a body that arrive one by one, never buffered whole.
 
     ``read(n)`` returns ``n`` bytes, fewer only at the end of the body (as a file does);
-    ``read()`` reads to the end. It raises ``ClientDisconnected`` (an ``OSError``) when the
-    client went away or the engine refused the body (413 after the first read, or the minimum
-    body data rate), so an app never mistakes a cut-off body for a complete one.
+    ``read()`` reads to the end. A subclass supplies ``_fill()``: the next non-empty piece,
+    waiting for it, or b"" at the end (setting ``_eof`` once the body is over).
     """
 
-    def __init__(self, stream: HttpStream, host: WsgiHost) -> None:
-        self._stream = stream
-        self._host = host
+    def __init__(self) -> None:
         self._buffer = bytearray()
         self._eof = False
 
-    def _pull(self) -> tuple[bytes, bool, bool]:
-        """On the engine's thread: (bytes waiting, aborted, body complete and all read)."""
-        stream = self._stream
-        data = stream.read_body(self._host.now())
-        return (
-            data,
-            stream.aborted_flag,
-            stream.body_complete_flag and not stream.body_buffered,
-        )
-
     def _fill(self) -> bytes:
-        """The next bytes of the body, waiting for them; b"" at the end."""
-        if self._eof:
-            return b""
-        host = self._host
-        while True:
-            data, aborted, complete = host.call(self._pull)
-            if data:
-                if complete:
-                    self._eof = True
-                return data
-            if aborted:
-                self._eof = True
-                raise ClientDisconnected(
-                    "the request body was cut off: the client went away, or the server "
-                    "refused the body (too large or too slow)"
-                )
-            if complete:
-                self._eof = True
-                return b""
-            host.wait_for_body(self._stream)
+        raise NotImplementedError
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0:
@@ -327,6 +306,52 @@ class WsgiInput:
 
     def close(self) -> None:
         """Apps must not close wsgi.input (PEP 3333); tolerated, and nothing happens."""
+
+
+class WsgiInput(BodyInput):
+    """``wsgi.input`` from the engine's stream, read as the body arrives.
+
+    It raises ``ClientDisconnected`` (an ``OSError``) when the client went away or the engine
+    refused the body (413 after the first read, or the minimum body data rate), so an app never
+    mistakes a cut-off body for a complete one.
+    """
+
+    def __init__(self, stream: HttpStream, host: WsgiHost) -> None:
+        super().__init__()
+        self._stream = stream
+        self._host = host
+
+    def _pull(self) -> tuple[bytes, bool, bool]:
+        """On the engine's thread: (bytes waiting, aborted, body complete and all read)."""
+        stream = self._stream
+        data = stream.read_body(self._host.now())
+        return (
+            data,
+            stream.aborted_flag,
+            stream.body_complete_flag and not stream.body_buffered,
+        )
+
+    def _fill(self) -> bytes:
+        """The next bytes of the body, waiting for them; b"" at the end."""
+        if self._eof:
+            return b""
+        host = self._host
+        while True:
+            data, aborted, complete = host.call(self._pull)
+            if data:
+                if complete:
+                    self._eof = True
+                return data
+            if aborted:
+                self._eof = True
+                raise ClientDisconnected(
+                    "the request body was cut off: the client went away, or the server "
+                    "refused the body (too large or too slow)"
+                )
+            if complete:
+                self._eof = True
+                return b""
+            host.wait_for_body(self._stream)
 
 
 # -- wsgi.file_wrapper -----------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from processes import Processes
 from support import RunningServer
 
 
@@ -22,3 +23,11 @@ def serve() -> Iterator[Callable[..., RunningServer]]:
     yield start
     for running in servers:
         running.stop()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    """``processes.add(Process(...))`` keeps a started program; all are closed after the test."""
+    started = Processes()
+    yield started
+    started.close_all()

@@ -8,6 +8,8 @@ import shutil
 import socket
 import threading
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +120,29 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": summary + body})
+
+
+# -- test certificates -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PemFiles:
+    """A leaf certificate (``cert``), its private key (``key``) and the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def write_certificate(directory: Path, *names: str) -> PemFiles:
+    """A new CA and a leaf for ``names`` (default: localhost and 127.0.0.1), written to
+    ``cert.pem``, ``key.pem`` and ``ca.pem`` in ``directory``."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert(*(names or ("localhost", "127.0.0.1")))
+    files = PemFiles(directory / "cert.pem", directory / "key.pem", directory / "ca.pem")
+    leaf.cert_chain_pems[0].write_to_path(str(files.cert))
+    leaf.private_key_pem.write_to_path(str(files.key))
+    ca.cert_pem.write_to_path(str(files.ca))
+    return files

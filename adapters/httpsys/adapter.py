@@ -41,17 +41,17 @@ from typing import Any
 
 from tiercel.apps.lifespan import Lifespan
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver
+from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import ADDRESSES_EXTENSION, FILE_EXTENSIONS, AsgiHttpCycle, http_scope
 from tiercel.core.context import TransportInfo
 from tiercel.core.errors import ConfigError, LocalProtocolError
 from tiercel.core.files import FileSegment
-from tiercel.core.headers import escape_for_log
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.url_prefixes import PrefixTable, UrlPrefix
 
-from ..files import FileBodyError, open_file_body
+from ..files import OpenedFile, send_file_body, write_file_through_stream
+from ..serving import ServesUntilStopped
 from ..sockets import BindError
 from . import binding as b
 from .binding import HttpApi, HttpApiError
@@ -71,7 +71,6 @@ log = logging.getLogger("tiercel.error")
 AUTHENTICATION_EXTENSION = "tiercel.authentication"
 FIRST_RECEIVE_SIZE = 16 * 1024
 BODY_READ_SIZE = 64 * 1024
-FILE_READ_SIZE = 256 * 1024  # pathsend pieces (Wine has no file-handle data chunks)
 BODY_BUFFER_LIMIT = 1024 * 1024  # pause HttpReceiveRequestEntityBody above this, unread
 SEND_HIGH_WATER = 256 * 1024  # a streaming app waits while this much is unsent
 STOP_KEY = 0xDEAD  # the completion key that tells the port thread to end
@@ -374,20 +373,22 @@ class _Exchange:
                 chunks, self._pending, self._pending_size = self._pending, [], 0
                 final = self._final
                 size = sum(len(chunk) for chunk in chunks)
+                head_sent = self._head_sent
+                if not head_sent:
+                    headers = self._response_headers(final, size)  # decides _chunked
                 if self._chunked:
                     chunks = [piece for chunk in chunks for piece in chunk_frame(chunk)]
-                flags = 0 if final else b.HTTP_SEND_RESPONSE_FLAG_MORE_DATA
-                if not self._head_sent:
-                    headers = self._response_headers(final, size)
-                    if self._chunked:  # _response_headers just decided it
-                        chunks = [piece for chunk in chunks for piece in chunk_frame(chunk)]
-                    if final and self._chunked:
+                    if final:
                         chunks.append(LAST_CHUNK)
-                    if final and self._disconnect:
-                        flags |= b.HTTP_SEND_RESPONSE_FLAG_DISCONNECT
+                flags = 0 if final else b.HTTP_SEND_RESPONSE_FLAG_MORE_DATA
+                if final and self._disconnect:
+                    flags |= b.HTTP_SEND_RESPONSE_FLAG_DISCONNECT
+                if not head_sent:
                     cache = None
                     if final and server.settings.enable_response_caching:
-                        cache = kernel_cache_seconds(stream.method, stream.status, headers)
+                        cache = kernel_cache_seconds(
+                            stream.method, stream.status, headers, stream.wall_time
+                        )
                     buffers = ResponseBuffers(
                         stream.status,
                         stream.reason.encode("latin-1") if stream.reason else None,
@@ -406,10 +407,6 @@ class _Exchange:
                         buffers,
                     )  # fmt: skip
                 else:
-                    if final and self._chunked:
-                        chunks.append(LAST_CHUNK)
-                    if final and self._disconnect:
-                        flags |= b.HTTP_SEND_RESPONSE_FLAG_DISCONNECT
                     entity = EntityChunks(chunks)
                     code, _ = await server.iocp.call(
                         queue,
@@ -438,32 +435,21 @@ class _Exchange:
 
     # -- the app --------------------------------------------------------------------------
 
-    async def _send_file(self, cycle: AsgiHttpCycle) -> None:
-        """Carry out http.response.pathsend / zerocopysend: the range, read in pieces."""
-        assert cycle.pending_file is not None
-        stream, now = self.stream, self.server.loop.time
-        opened = open_file_body(cycle.pending_file)
-        try:
-            end = cycle.begin_file(opened.count)
-            if not stream.body_allowed or opened.count == 0:
-                stream.complete(b"", now()) if end else stream.start(now())
-                return
-            opened.file.seek(opened.offset)  # not os.pread: Windows has none
-            left = opened.count
-            while left > 0:
-                piece = opened.file.read(min(FILE_READ_SIZE, left))
-                if not piece:
-                    raise FileBodyError(f"the file ended {left} bytes before the range did")
-                while not stream.can_write and not stream.aborted_flag:
-                    await self.wait()
-                left -= len(piece)
-                if end and not left:
-                    stream.complete(piece, now())
-                else:
-                    stream.write(piece, now())
-        finally:
-            opened.close()
-            cycle.pending_file = None
+    async def _send_opened_file(self, stream: HttpStream, opened: OpenedFile, end: bool) -> None:
+        """A pathsend/zerocopysend range, read in pieces (Wine refuses file-handle chunks).
+        Nothing to flush after a write: ``stream_send`` schedules the HTTP.sys calls itself."""
+        await write_file_through_stream(
+            stream,
+            opened,
+            end,
+            now=self.server.loop.time,
+            until_writable=self._until_writable,
+            flush=_nothing,
+        )
+
+    async def _until_writable(self, stream: HttpStream) -> None:
+        while not stream.can_write and not stream.aborted_flag:
+            await self.wait()
 
     async def run_asgi(self, app: ASGIApp, scope: dict[str, Any]) -> None:
         loop, stream = self.server.loop, self.stream
@@ -477,28 +463,24 @@ class _Exchange:
                 await self.wait()
 
         async def send(message: Any) -> None:
-            while not stream.can_write and not stream.aborted_flag:
+            while not stream.can_write and not stream.aborted_flag:  # inline: once per message
                 await self.wait()
             if not cycle.send(message, loop.time()) and cycle.pending_file is not None:
-                await self._send_file(cycle)
+                await send_file_body(cycle, self._send_opened_file)
 
         try:
             await app(scope, receive, send)
         except ClientDisconnected:
             log.debug("client went away during %r", stream)
         except Exception:
-            log.exception(
-                "exception in ASGI app while serving %s %s",
-                stream.method,
-                escape_for_log(stream.raw_target),
-            )
+            log_app_exception("ASGI", stream)
         finally:
             problem = cycle.app_finished(loop.time())
             if problem:
-                log.error("%s %s: %s", stream.method, escape_for_log(stream.raw_target), problem)
+                log_app_problem(stream, problem)
 
 
-class HttpSysServer:
+class HttpSysServer(ServesUntilStopped):
     """What ``apps/hosting.py`` expects of an adapter, on HTTP.sys."""
 
     def __init__(self, app: ASGIApp, options: ServerOptions, api: HttpApi | None = None) -> None:
@@ -755,19 +737,6 @@ class HttpSysServer:
 
     # -- stop -----------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        if self._stop_requested is not None:
-            self._stop_requested.set()
-
-    async def serve(self) -> None:
-        await self.start()
-        await self.serve_started()
-
-    async def serve_started(self) -> None:
-        assert self._stop_requested is not None
-        await self._stop_requested.wait()
-        await self.stop()
-
     async def stop(self) -> None:
         """Stop receiving (CancelIoEx), finish requests in flight, then close everything."""
         if self._stopped or not hasattr(self, "loop"):
@@ -854,6 +823,10 @@ class HttpSysServer:
         for exchange in list(self.exchanges):
             exchange.stream.abort()
         self.request_stop()
+
+
+def _nothing() -> None:
+    pass
 
 
 def _registered_url(prefix: UrlPrefix) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from tiercel.core.response_cache import response_lifetime
 from tiercel.core.status import reason_phrase
 
 from .binding import (
@@ -348,32 +349,20 @@ def chunk_frame(data: bytes) -> list[bytes]:
 
 LAST_CHUNK = b"0\r\n\r\n"
 
-_MAX_AGE = re.compile(rb"(?:^|[\s,])(?:s-maxage|max-age)\s*=\s*\"?(\d+)", re.IGNORECASE)
 
-
-def kernel_cache_seconds(method: str, status: int, headers: Headers) -> int | None:
+def kernel_cache_seconds(
+    method: str, status: int, headers: Headers, wall_time: float
+) -> int | None:
     """How long HTTP.sys's kernel cache may keep this response, or None: never.
 
-    The kernel cache's rules (as ASP.NET Core's HttpSys server applies them): GET only, 200,
-    ``Cache-Control: public`` with ``s-maxage`` or ``max-age`` (s-maxage wins), and no
-    ``Set-Cookie``, ``Vary`` or ``Pragma``. Expires-only responses are not cached here, because
-    the kernel needs a time to live and the clock belongs to the adapter.
+    The kernel cache's rules, which the engine's response cache follows too
+    (``response_lifetime`` in core/response_cache.py): GET only, 200, ``Cache-Control: public``
+    with ``s-maxage`` or ``max-age`` (s-maxage wins), or an ``Expires`` date (against the
+    response's ``Date``, else ``wall_time``); and no ``Set-Cookie``, ``Vary`` or ``Pragma``.
+    The kernel takes whole seconds.
     """
     if method != "GET" or status != 200:
         return None
-    cache_control = b""
-    for name, value in headers:
-        lower = name.lower()
-        if lower in (b"set-cookie", b"vary", b"pragma"):
-            return None
-        if lower == b"cache-control":
-            cache_control += b"," + value
-    directives = {d.strip().split(b"=")[0].lower() for d in cache_control.split(b",")}
-    if b"public" not in directives or b"no-cache" in directives or b"no-store" in directives:
-        return None
-    s_maxage = re.search(rb"s-maxage\s*=\s*\"?(\d+)", cache_control, re.IGNORECASE)
-    found = s_maxage or _MAX_AGE.search(cache_control)
-    if found is None:
-        return None
-    seconds = int(found.group(1))
+    lifetime = response_lifetime(headers, wall_time)
+    seconds = int(lifetime) if lifetime is not None else 0
     return seconds if seconds > 0 else None

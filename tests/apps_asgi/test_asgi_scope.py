@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from processes import free_port
 from support import RunningServer, recv_until_closed
 from tiercel.apps.hosting import Server
 from tiercel.apps.lifespan import LifespanFailed
@@ -337,12 +338,6 @@ def test_send_after_client_disconnect_raises_oserror(serve):
 
 
 # -- lifespan -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_lifespan_startup_failed_raises_and_releases_the_port():

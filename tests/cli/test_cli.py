@@ -10,121 +10,36 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, clean_env, connect, free_port, http_get, run_tiercel
 from support import recv_until_closed, require_peer
 
 HERE = Path(__file__).parent
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TIERCEL_URLS"}
-    env.update(extra)
-    return env
-
-
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 10):
-    return subprocess.run(
-        [*tiercel_command(), *args],
-        cwd=HERE,
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Tiercel:
-    """A running ``tiercel`` process; stderr is collected line by line in the background."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args],
-            cwd=HERE,
-            env=env or clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.raw = b""
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while True:
-            chunk = self.proc.stderr.read1(65536)
-            with self._changed:
-                if chunk:
-                    self.raw += chunk
-                self._changed.notify_all()
-            if not chunk:
-                return
-
-    @property
-    def lines(self) -> list[str]:
-        return self.raw.decode("utf-8", "replace").splitlines()
-
-    def wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
-        """The first stderr line matching the regular expression."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    match = re.search(pattern, line)
-                    if match:
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    raise AssertionError(f"{pattern!r} not in stderr: {self.lines}")
-                self._changed.wait(min(remaining, 0.1))
-
-    def url(self) -> str:
-        return self.wait_for(r"listening on (http://\S+)").group(1)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        self._reader.join(5)
+    return run_tiercel(*args, cwd=HERE, env=env, timeout=timeout)
 
 
 @pytest.fixture
-def tiercel() -> Iterator:
-    started: list[Tiercel] = []
-
+def tiercel(processes: Processes) -> Callable[..., Tiercel]:
     def start(*args: str, env: dict[str, str] | None = None) -> Tiercel:
-        process = Tiercel(*args, env=env)
-        started.append(process)
-        return process
+        return processes.add(Tiercel(*args, cwd=HERE, env=env))
 
-    yield start
-    for process in started:
-        process.close()
+    return start
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    """A unix socket path short enough for AF_UNIX (pytest's tmp_path can be too long)."""
+    directory = tempfile.mkdtemp(prefix="tiercel-", dir="/tmp")
+    yield os.path.join(directory, "app.sock")
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def assert_one_error_line(result, code: int) -> str:
@@ -285,18 +200,13 @@ def test_signal_during_a_startup_that_never_completes(tiercel):
     assert process.stop(signal.SIGTERM, timeout=5) == 0
 
 
-def test_second_signal_ends_a_shutdown_that_never_completes(tiercel):
-    directory = tempfile.mkdtemp(prefix="tiercel-", dir="/tmp")
-    path = os.path.join(directory, "app.sock")
-    try:
-        process = tiercel("sample_apps:hang_shutdown", "--urls", f"unix:{path}")
-        process.wait_for("listening on unix:")
-        process.proc.send_signal(signal.SIGINT)
-        process.wait_for("shutdown is hanging")
-        assert process.stop(signal.SIGINT, timeout=5) == 0
-        assert not os.path.exists(path)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def test_second_signal_ends_a_shutdown_that_never_completes(tiercel, socket_path):
+    process = tiercel("sample_apps:hang_shutdown", "--urls", f"unix:{socket_path}")
+    process.wait_for("listening on unix:")
+    process.proc.send_signal(signal.SIGINT)
+    process.wait_for("shutdown is hanging")
+    assert process.stop(signal.SIGINT, timeout=5) == 0
+    assert not os.path.exists(socket_path)
 
 
 # -- serving --------------------------------------------------------------------------------
@@ -357,63 +267,44 @@ def test_ipv6_port_zero(tiercel):
 
 
 @pytest.mark.peer("curl")
-def test_unix_socket(tiercel):
+def test_unix_socket(tiercel, socket_path):
     curl = require_peer("curl")
-    directory = tempfile.mkdtemp(prefix="tiercel-", dir="/tmp")
-    path = os.path.join(directory, "app.sock")
-    try:
-        process = tiercel("sample_apps:app", "--urls", f"unix:{path}")
-        process.wait_for(f"listening on unix:{re.escape(path)}")
-        result = subprocess.run(
-            [curl, "--silent", "--show-error", "--unix-socket", path, "http://localhost/u"],
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == b"hello /u root="
-        assert os.path.exists(path)
-        assert process.stop() == 0
-        assert not os.path.exists(path)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    process = tiercel("sample_apps:app", "--urls", f"unix:{socket_path}")
+    process.wait_for(f"listening on unix:{re.escape(socket_path)}")
+    result = subprocess.run(
+        [curl, "--silent", "--show-error", "--unix-socket", socket_path, "http://localhost/u"],
+        capture_output=True,
+        timeout=10,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"hello /u root="
+    assert os.path.exists(socket_path)
+    assert process.stop() == 0
+    assert not os.path.exists(socket_path)
 
 
-def test_stale_unix_socket_file_is_replaced(tiercel):
-    directory = tempfile.mkdtemp(prefix="tiercel-", dir="/tmp")
-    path = os.path.join(directory, "app.sock")
-    try:
-        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        stale.bind(path)
-        stale.close()  # the file stays behind, with nobody listening
-        assert os.path.exists(path)
-        process = tiercel("sample_apps:app", "--urls", f"unix:{path}")
-        process.wait_for("listening on unix:")
-        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        client.connect(path)
-        client.sendall(b"GET /s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert recv_until_closed(client).endswith(b"hello /s root=")
-        client.close()
-        assert process.stop() == 0
-        assert not os.path.exists(path)
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def test_stale_unix_socket_file_is_replaced(tiercel, socket_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(socket_path)
+    stale.close()  # the file stays behind, with nobody listening
+    assert os.path.exists(socket_path)
+    process = tiercel("sample_apps:app", "--urls", f"unix:{socket_path}")
+    process.wait_for("listening on unix:")
+    assert http_get(f"unix:{socket_path}", "/s") == (200, b"hello /s root=")
+    assert process.stop() == 0
+    assert not os.path.exists(socket_path)
 
 
-def test_unix_socket_in_use_by_another_server(tiercel):
-    directory = tempfile.mkdtemp(prefix="tiercel-", dir="/tmp")
-    path = os.path.join(directory, "app.sock")
-    try:
-        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        live.bind(path)
-        live.listen()
-        result = run("sample_apps:app", "--urls", f"unix:{path}")
-        live.close()
-        line = assert_one_error_line(result, 1)
-        assert path in line
-        assert os.path.exists(path)  # not ours to remove
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+def test_unix_socket_in_use_by_another_server(tiercel, socket_path):
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(socket_path)
+    live.listen()
+    result = run("sample_apps:app", "--urls", f"unix:{socket_path}")
+    live.close()
+    line = assert_one_error_line(result, 1)
+    assert socket_path in line
+    assert os.path.exists(socket_path)  # not ours to remove
 
 
 def test_factory(tiercel):
@@ -463,12 +354,9 @@ def test_no_access_log(tiercel):
 
 
 def send_raw(url: str, request: bytes) -> bytes:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=5)
-    sock.sendall(request)
-    data = recv_until_closed(sock)
-    sock.close()
-    return data
+    with connect(url, timeout=5) as sock:
+        sock.sendall(request)
+        return recv_until_closed(sock)
 
 
 def test_escape_bytes_in_the_target_are_escaped_in_the_logs(tiercel):

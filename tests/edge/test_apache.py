@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, free_port, seen
+from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, seen
+from processes import free_port
 from support import require_peer
 
 pytestmark = pytest.mark.peer("apache2")

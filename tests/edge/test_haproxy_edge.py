@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import pytest
 import trustme
-from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, free_port, seen
+from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, seen
+from processes import free_port
 from support import require_peer
 
 pytestmark = pytest.mark.peer("haproxy")
@@ -193,4 +194,4 @@ def test_untrusted_proxy_header_is_refused_and_logged_at_the_chosen_level(site: 
     # --log-level warning hides INFO lines; --rejection-log-level warning still shows this one.
     line = site.distrustful_pp.wait_for(r"^rejected closed from .*$").group(0)
     assert f"from {PROXY_ADDRESS}:" in line, line
-    assert "listening on" not in site.distrustful_pp.log
+    assert "listening on" not in site.distrustful_pp.text

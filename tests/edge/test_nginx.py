@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import trustme
-from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, free_port, seen
-from support import require_peer
+from edge_peers import CLIENT_ADDRESS, PROXY_ADDRESS, Proxy, Tiercel, client, seen
+from processes import free_port
+from support import require_peer, write_certificate
 
 pytestmark = pytest.mark.peer("nginx")
 APP_HOST = {"host": "app.example"}
@@ -92,12 +92,8 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     nginx = require_peer("nginx")
     directory = tmp_path_factory.mktemp("nginx")
-    ca = trustme.CA()
-    certificate = ca.issue_cert("app.example", "127.0.0.1")
-    certificate.cert_chain_pems[0].write_to_path(directory / "cert.pem")
-    certificate.private_key_pem.write_to_path(directory / "key.pem")
-    tls = ssl.create_default_context()
-    ca.configure_trust(tls)
+    pems = write_certificate(directory, "app.example", "127.0.0.1")  # the config names them
+    tls = ssl.create_default_context(cafile=str(pems.ca))
 
     with contextlib.ExitStack() as stack:
         trusting = stack.enter_context(

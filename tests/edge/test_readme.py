@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from edge_peers import CLIENT_ADDRESS, Proxy, Tiercel, client, free_port, seen
+from edge_peers import CLIENT_ADDRESS, Proxy, Tiercel, client, seen
+from processes import free_port
 from support import require_peer
 
 README = Path(__file__).parents[2] / "README.md"

@@ -177,10 +177,23 @@ def test_reason_phrases_and_cache_policy():
         ("GET", 200, [(b"cache-control", b"public, max-age=9"), (b"pragma", b"x")], None),
         ("POST", 200, [(b"cache-control", b"public, max-age=9")], None),
         ("GET", 404, [(b"cache-control", b"public, max-age=9")], None),
+        # Expires, against the response's Date (the engine's response cache has the same rules)
+        (
+            "GET",
+            200,
+            [
+                (b"date", b"Tue, 24 Nov 2026 06:00:00 GMT"),
+                (b"expires", b"Tue, 24 Nov 2026 06:00:30 GMT"),
+            ],
+            30,
+        ),
+        ("GET", 200, [(b"expires", b"0")], None),  # an invalid date means already expired
+        ("GET", 200, [(b"cache-control", b"public, private, max-age=9")], None),
     ],
 )
 def test_the_kernel_cache_rules(method, status, headers, expected):
-    assert kernel_cache_seconds(method, status, headers) == expected
+    wall_time = 1_795_500_000.0  # used only where a response has Expires but no Date
+    assert kernel_cache_seconds(method, status, headers, wall_time) == expected
 
 
 def test_chunked_framing_of_a_streamed_body():

@@ -4,18 +4,16 @@ command stopped by SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, free_port
 from support import recv_until_closed
 
 HERE = Path(__file__).parent
@@ -101,74 +99,12 @@ def test_shutdown_timeout_aborts_an_app_that_never_finishes(serve):
 # -- the real command ---------------------------------------------------------------------------
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Tiercel:
-    """A ``tiercel`` process; stderr is collected line by line in the background."""
-
-    def __init__(self, *args: str, cwd: Path = HERE) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "TIERCEL_URLS"}
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args],
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._changed:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"{text!r} not in stderr: {self.lines}")
-                self._changed.wait(min(remaining, 0.1))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        self._reader.join(5)
-
-
 @pytest.fixture
-def tiercel():
-    started: list[Tiercel] = []
-
+def tiercel(processes: Processes) -> Callable[..., Tiercel]:
     def start(*args: str) -> Tiercel:
-        process = Tiercel(*args)
-        started.append(process)
-        return process
+        return processes.add(Tiercel(*args, cwd=HERE))
 
-    yield start
-    for process in started:
-        process.close()
+    return start
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -176,7 +112,7 @@ def test_command_stops_gracefully_on_signal(tiercel, sig):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = tiercel("shutdown_apps:slow", "--urls", url)
-    assert process.wait_for("listening on") == f"listening on {url}"
+    assert process.wait_for("listening on").string == f"listening on {url}"
     result: dict = {}
 
     def slow_request() -> None:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, clean_env, free_port, run_tiercel
 
 APP = '''\
 import os
@@ -39,109 +35,36 @@ NAME = "{name}"
 '''
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("TIERCEL_URLS", "TIERCEL_PORT")}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Tiercel:
-    """A ``tiercel`` process in a project folder; stderr collected in the background."""
-
-    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args],
-            cwd=cwd,
-            env=env or clean_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.raw = b""
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := self.proc.stderr.read1(65536):
-            with self._changed:
-                self.raw += chunk
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def lines(self) -> list[str]:
-        return self.raw.decode("utf-8", "replace").splitlines()
-
-    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if match := re.search(pattern, line):
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    raise AssertionError(f"{pattern!r} not in stderr: {self.lines}")
-                self._changed.wait(min(remaining, 0.1))
-
-    def url(self) -> str:
-        return self.wait_for(r"listening on (http://\S+)").group(1)
-
-    def stop(self) -> None:
-        """SIGTERM by process id, SIGKILL if it does not go within 10 s."""
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._reader.join(5)
-
-
 @pytest.fixture
-def tiercel(tmp_path: Path) -> Iterator:
-    started: list[Tiercel] = []
+def tiercel(tmp_path: Path, processes: Processes) -> Callable[..., Tiercel]:
+    """``tiercel(*args, env=...)`` runs the command in the project folder ``tmp_path``."""
 
     def start(*args: str, env: dict[str, str] | None = None) -> Tiercel:
-        process = Tiercel(tmp_path, *args, env=env)
-        started.append(process)
-        return process
+        return processes.add(Tiercel(*args, cwd=tmp_path, env=env))
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
 
 
-def run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [*tiercel_command(), *args],
-        cwd=cwd,
-        env=env or clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_tiercel(*args, cwd=cwd, timeout=30)
+
+
+def write_app(directory: Path, name: str) -> None:
+    """``NAME:app`` in ``directory``: it answers with its name first."""
+    directory.mkdir(exist_ok=True)
+    (directory / f"{name}.py").write_text(APP.replace("{name}", name))
+
+
+def one_profile(name: str, **fields: object) -> dict:
+    """Launch settings with one ``Project`` profile that listens on the project's port."""
+    profile = {"commandName": "Project", "applicationUrl": "http://127.0.0.1:PORT", **fields}
+    return {"profiles": {name: profile}}
 
 
 def project(tmp_path: Path, settings: dict | str, where: str = "Properties") -> int:
     """Two apps (``first:app``, ``second:app``) and a launch settings file; returns a port."""
-    (tmp_path / "first.py").write_text(APP.replace("{name}", "first"))
-    (tmp_path / "second.py").write_text(APP.replace("{name}", "second"))
+    write_app(tmp_path, "first")
+    write_app(tmp_path, "second")
     port = free_port()
     text = settings if isinstance(settings, str) else json.dumps(settings, indent=2)
     path = tmp_path / where / "launchSettings.json"
@@ -216,28 +139,18 @@ def test_no_launch_profile_skips_the_file(tmp_path, tiercel):
 
 
 def test_working_directory_and_argument_list(tmp_path, tiercel):
-    port = project(
-        tmp_path,
-        {
-            "profiles": {
-                "sub": {
-                    "commandName": "Project",
-                    "applicationUrl": "http://127.0.0.1:PORT",
-                    "workingDirectory": "site",
-                    "commandLineArgs": "inner:app --root-path '/my base'",
-                }
-            }
-        },
+    settings = one_profile(
+        "sub", workingDirectory="site", commandLineArgs="inner:app --root-path '/my base'"
     )
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "inner.py").write_text(APP.replace("{name}", "inner"))
+    port = project(tmp_path, settings)
+    write_app(tmp_path / "site", "inner")
     tiercel("--launch-profile", "SUB").url()
     answer = httpx.get(f"http://127.0.0.1:{port}/my%20base/cwd").text
     assert answer == f"inner {(tmp_path / 'site').resolve()}"
 
 
 def test_pyproject_profile(tmp_path, tiercel):
-    (tmp_path / "first.py").write_text(APP.replace("{name}", "first"))
+    write_app(tmp_path, "first")
     port = free_port()
     (tmp_path / "pyproject.toml").write_text(
         f"""\
@@ -258,19 +171,7 @@ environmentVariables = {{ APP_ENV = "from toml, port $TEST_PORT" }}
 
 
 def test_launch_settings_in_the_project_root(tmp_path, tiercel):
-    port = project(
-        tmp_path,
-        {
-            "profiles": {
-                "root": {
-                    "commandName": "Project",
-                    "applicationUrl": "http://127.0.0.1:PORT",
-                    "commandLineArgs": "second:app",
-                }
-            }
-        },
-        where=".",
-    )
+    port = project(tmp_path, one_profile("root", commandLineArgs="second:app"), where=".")
     server = tiercel()
     assert server.url() == f"http://127.0.0.1:{port}"
     assert server.lines[0] == "using launch profile 'root' from launchSettings.json"
@@ -280,20 +181,14 @@ def test_executable_profile_runs_the_program(tmp_path):
     script = (
         "import os, sys; print(os.environ['GREETING'], os.environ['TIERCEL_URLS'], sys.argv[1:])"
     )
-    project(
-        tmp_path,
-        {
-            "profiles": {
-                "script": {
-                    "commandName": "Executable",
-                    "executablePath": sys.executable,
-                    "applicationUrl": "http://127.0.0.1:PORT",
-                    "commandLineArgs": f'-c "{script}" from-profile',
-                    "environmentVariables": {"GREETING": "hello"},
-                }
-            }
-        },
+    settings = one_profile(
+        "script",
+        commandName="Executable",
+        executablePath=sys.executable,
+        commandLineArgs=f'-c "{script}" from-profile',
+        environmentVariables={"GREETING": "hello"},
     )
+    project(tmp_path, settings)
     result = run(tmp_path, "--launch-profile", "script", "--", "extra", "--urls")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
@@ -333,22 +228,14 @@ def test_bad_argument_in_a_profile(tmp_path):
 
 
 def test_workers_start_with_the_profile_applied_once(tmp_path, tiercel):
-    port = project(
-        tmp_path,
-        {
-            "profiles": {
-                "workers": {
-                    "commandName": "Project",
-                    "applicationUrl": "http://127.0.0.1:PORT",
-                    "workingDirectory": "site",
-                    "commandLineArgs": "inner:app --workers 2",
-                    "environmentVariables": {"GREETING": "x%GREETING%"},
-                }
-            }
-        },
+    settings = one_profile(
+        "workers",
+        workingDirectory="site",
+        commandLineArgs="inner:app --workers 2",
+        environmentVariables={"GREETING": "x%GREETING%"},
     )
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "inner.py").write_text(APP.replace("{name}", "inner"))
+    port = project(tmp_path, settings)
+    write_app(tmp_path / "site", "inner")
     server = tiercel(env=clean_env(GREETING="hi"))
     assert server.url() == f"http://127.0.0.1:{port}"
     server.wait_for(r"supervising 2 workers")

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from module_harness import ModuleProcess
+from processes import Processes
 
 
 @pytest.fixture
-def module(tmp_path: Path) -> Iterator[Callable[..., ModuleProcess]]:
+def module(tmp_path: Path, processes: Processes) -> Callable[..., ModuleProcess]:
     """``module(command, *options)`` runs `tiercel module`; everything is killed afterwards."""
-    started: list[ModuleProcess] = []
 
     def start(command: list[str], *options: str) -> ModuleProcess:
-        running = ModuleProcess(tmp_path, command, *options)
-        started.append(running)
-        return running
+        return processes.add(ModuleProcess(tmp_path, command, *options))
 
-    yield start
-    for running in started:
-        running.kill_everything()
+    return start

@@ -13,18 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from processes import Process, clean_env, pid_alive
+
 HERE = Path(__file__).parent
 TIERCEL = [sys.executable, "-m", "tiercel.apps.cli"]
 APP_COMMAND = [*TIERCEL, "module_apps:app", "--no-access-log", "--log-level", "warning"]
-
-
-def pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 def wait_gone(pid: int, timeout: float = 15.0) -> bool:
@@ -36,47 +29,30 @@ def wait_gone(pid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-class ModuleProcess:
-    """``tiercel module [options] -- command`` on a free loopback port; output in a file."""
+class ModuleProcess(Process):
+    """``tiercel module [options] -- command`` on a free loopback port; stdout and stderr are
+    collected together. It starts the app ``command`` as a child process of its own, so closing
+    it also kills every app process it said it started."""
+
+    name = "tiercel module"
 
     def __init__(self, tmp_path: Path, command: list[str], *options: str) -> None:
-        self.log_path = tmp_path / "module.log"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")])
-        env.pop("TIERCEL_PORT", None)
-        env.pop("TIERCEL_TOKEN", None)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    *TIERCEL,
-                    "module",
-                    "--urls",
-                    "http://127.0.0.1:0",
-                    "--no-access-log",
-                    *options,
-                    "--",
-                    *command,
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=tmp_path,
-            )
-        self.port = self._wait_for_port()
+        env = clean_env(PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
+        argv = [*TIERCEL, "module", "--urls", "http://127.0.0.1:0", "--no-access-log", *options]
+        super().__init__([*argv, "--", *command], cwd=tmp_path, env=env, merge_stdout=True)
+        try:
+            address = self.wait_for(r"listening on http://127\.0\.0\.1:(\d+)", timeout=30)
+        except BaseException:
+            self.close()
+            raise
+        self.port = int(address.group(1))
 
-    def _wait_for_port(self) -> int:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log())
-            if match:
-                return int(match.group(1))
-            if self.process.poll() is not None:
-                raise AssertionError(f"tiercel module exited early:\n{self.log()}")
-            time.sleep(0.05)
-        raise AssertionError(f"tiercel module did not start:\n{self.log()}")
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.proc
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.text
 
     def app_pids(self) -> list[int]:
         return [int(p) for p in re.findall(r"started app process (\d+)", self.log())]
@@ -101,22 +77,15 @@ class ModuleProcess:
         result: dict[str, Any] = json.loads(body)
         return result
 
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError(f"tiercel module did not stop on SIGTERM:\n{self.log()}") from None
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        return super().stop(sig, timeout)
 
-    def kill_everything(self) -> None:
+    def close(self, grace: float = 5) -> None:
         """After a test: nothing it started may survive it."""
         pids = self.app_pids()
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        super().close(grace)
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+    kill_everything = close

@@ -91,7 +91,7 @@ def test_a_killed_app_is_restarted_by_the_next_request(module: ModuleFactory) ->
     second = front.get_json("/b")["pid"]
     assert second != first
     assert front.app_pids() == [first, second]
-    assert "exited with code -9" in front.log()
+    assert "exited with code -9" in front.text
 
 
 def test_sigkill_under_load_fails_only_requests_in_flight(module: ModuleFactory) -> None:
@@ -170,7 +170,7 @@ def test_an_app_that_keeps_exiting_is_not_restarted_after_rapid_fails(
         assert b"crashed 11 times within a minute" in body, body
         assert b"rapid_fails_per_minute (10)" in body
     assert len(front.app_pids()) == 11  # no start after the eleventh crash
-    assert "not restarted for another" in front.log()
+    assert "not restarted for another" in front.text
 
 
 def _vm_hwm_kib(pid: int) -> int:
@@ -199,7 +199,7 @@ def test_a_1gb_response_streams_through_with_bounded_memory(module: ModuleFactor
             assert n, f"connection closed after {received} bytes"
             received += n
     assert received == size
-    peak_mib = _vm_hwm_kib(front.process.pid) / 1024
+    peak_mib = _vm_hwm_kib(front.pid) / 1024
     print(f"\n1 GiB through the module: module peak RSS {peak_mib:.0f} MiB")
     assert peak_mib < 150
 
@@ -230,7 +230,7 @@ def test_module_shutdown_stops_the_app(module: ModuleFactory) -> None:
     pid = front.get_json("/")["pid"]
     assert front.stop() == 0
     assert wait_gone(pid, 1.0), "the app process outlived the module"
-    assert f"stopping app process {pid}" in front.log()
+    assert f"stopping app process {pid}" in front.text
 
 
 def test_an_app_that_ignores_sigterm_is_killed_after_the_shutdown_limit(
@@ -252,7 +252,7 @@ def test_an_app_that_ignores_sigterm_is_killed_after_the_shutdown_limit(
     (pid,) = front.app_pids()
     assert front.stop() == 0
     assert not pid_alive(pid)
-    assert "did not stop within 1 s (shutdown_time_limit); killing it" in front.log()
+    assert "did not stop within 1 s (shutdown_time_limit); killing it" in front.text
 
 
 def test_stdout_log_file(module: ModuleFactory, tmp_path: Path) -> None:
@@ -325,7 +325,7 @@ def test_an_app_killed_mid_response_gives_a_broken_response_not_a_short_one(
             received += len(data)
     assert received < size  # the connection was closed before the announced length
     assert front.get_json("/after")["pid"] != pid
-    assert "Traceback" not in front.log()
+    assert "Traceback" not in front.text
 
 
 def _wait_for_file(path: Path, timeout: float) -> bool:

@@ -15,8 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-import trustme
-from support import RunningServer
+from support import RunningServer, write_certificate
 from tiercel.apps.tls import CertificateFiles, TlsOptions
 
 CHUNK = 65_536
@@ -112,22 +111,16 @@ class PeerServer:
 
 @pytest.fixture(scope="module")
 def peer_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PeerServer]:
-    directory = tmp_path_factory.mktemp("peer-certs")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_pem = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_pem))
+    pems = write_certificate(tmp_path_factory.mktemp("peer-certs"))
     running = RunningServer(
         peer_app,
         urls="http://127.0.0.1:0;https://127.0.0.1:0",
-        tls=TlsOptions(default=CertificateFiles(str(cert), str(key))),
+        tls=TlsOptions(default=CertificateFiles(str(pems.cert), str(pems.key))),
     ).start()
     try:
         http, https = running.server.addresses
         port = https.rsplit(":", 1)[1]
-        yield PeerServer(running, http, f"https://localhost:{port}", ca_pem)
+        yield PeerServer(running, http, f"https://localhost:{port}", pems.ca)
     finally:
         # Let the server see the peers' connections close before stopping it (a stop racing
         # a client's close is tested in tests/tls).

@@ -2,91 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, clean_env, free_port
 from support import require_peer
 
 HERE = Path(__file__).parent
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
+def entry(
+    target: str | Sequence[str], *prefixes: str, name: str | None = None, **more: object
+) -> str:
+    """One ``[[app]]`` table: ``target`` is ``module:attribute`` or a command's list of words."""
+    lines = ["[[app]]"]
+    if name is not None:
+        lines.append(f"name = {json.dumps(name)}")
+    lines.append(f"prefixes = {json.dumps(list(prefixes))}")
+    if isinstance(target, str):
+        lines.append(f"app = {json.dumps(target)}")
+    else:
+        lines.append(f"command = {json.dumps(list(target))}")
+    lines += [f"{key} = {json.dumps(value)}" for key, value in more.items()]
+    return "\n".join(lines) + "\n\n"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-class Front:
-    """A running ``tiercel --apps`` process; its stderr is collected in the background."""
-
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args],
-            cwd=HERE,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.raw = b""
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := self.proc.stderr.read1(65536):
-            with self._changed:
-                self.raw += chunk
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    @property
-    def text(self) -> str:
-        return self.raw.decode("utf-8", "replace")
-
-    def wait_for(self, pattern: str, timeout: float = 15) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                match = re.search(pattern, self.text)
-                if match:
-                    return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (not self._reader.is_alive() and self.proc.poll() is not None):
-                    raise AssertionError(f"{pattern!r} not in stderr:\n{self.text}")
-                self._changed.wait(min(remaining, 0.1))
-
-    def stop(self, timeout: float = 15) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        self._reader.join(5)
+def three_apps(port: int) -> str:
+    return "".join(
+        [
+            entry("prefix_apps:api", f"http://+:{port}/api/", name="api"),
+            entry("prefix_apps:site", f"http://*:{port}/", name="site"),
+            entry("prefix_apps:admin", f"http://admin.example:{port}/", name="admin"),
+            entry("prefix_apps:legacy", f"http://*:{port}/legacy/", name="legacy"),
+        ]
+    )
 
 
 @pytest.fixture
@@ -95,45 +52,40 @@ def lifespan_log(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def front(tmp_path: Path, lifespan_log: Path) -> Iterator[Callable[..., Front]]:
-    started: list[Front] = []
+def port() -> int:
+    return free_port()
 
-    def start(config: str, *args: str) -> Front:
+
+@pytest.fixture
+def front(tmp_path: Path, lifespan_log: Path, processes: Processes) -> Callable[..., Tiercel]:
+    """``front(config, *args)``: ``tiercel --apps FILE`` with ``config`` in FILE."""
+
+    def start(config: str, *args: str) -> Tiercel:
         apps_file = tmp_path / "apps.toml"
         apps_file.write_text(config, encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if k != "TIERCEL_URLS"}
-        env["PREFIX_TEST_LOG"] = str(lifespan_log)
-        process = Front("--apps", str(apps_file), "--no-access-log", *args, env=env)
-        started.append(process)
+        env = clean_env(PREFIX_TEST_LOG=str(lifespan_log))
+        command = ("--apps", str(apps_file), "--no-access-log", *args)
+        return processes.add(Tiercel(*command, cwd=HERE, env=env))
+
+    return start
+
+
+@pytest.fixture
+def serving(front: Callable[..., Tiercel]) -> Callable[..., Tiercel]:
+    """``serving(config, *args)``: ``front`` once it listens."""
+
+    def start(config: str, *args: str) -> Tiercel:
+        process = front(config, *args)
+        process.wait_for(r"listening on")
         return process
 
-    yield start
-    for process in started:
-        process.close()
+    return start
 
 
-def three_apps(port: int) -> str:
-    return f"""
-[[app]]
-name = "api"
-prefixes = ["http://+:{port}/api/"]
-app = "prefix_apps:api"
-
-[[app]]
-name = "site"
-prefixes = ["http://*:{port}/"]
-app = "prefix_apps:site"
-
-[[app]]
-name = "admin"
-prefixes = ["http://admin.example:{port}/"]
-app = "prefix_apps:admin"
-
-[[app]]
-name = "legacy"
-prefixes = ["http://*:{port}/legacy/"]
-app = "prefix_apps:legacy"
-"""
+def refused(process: Tiercel, code: int) -> list[str]:
+    """The ``tiercel: error`` lines of a front that exited with ``code`` at start-up."""
+    assert process.wait_exit(20) == code, process.text
+    return [line for line in process.lines if line.startswith("tiercel: error: ")]
 
 
 def get(port: int, path: str, host: str | None = None, **kwargs: Any) -> httpx.Response:
@@ -147,10 +99,13 @@ def get(port: int, path: str, host: str | None = None, **kwargs: Any) -> httpx.R
     )
 
 
-def test_three_apps_share_one_port(front: Callable[..., Front], lifespan_log: Path) -> None:
-    port = free_port()
-    process = front(three_apps(port))
-    process.wait_for(r"listening on")
+# -- serving ---------------------------------------------------------------------------------
+
+
+def test_three_apps_share_one_port(
+    serving: Callable[..., Tiercel], port: int, lifespan_log: Path
+) -> None:
+    process = serving(three_apps(port))
     assert "serving 4 apps from" in process.text
     cases = [
         # path, Host, app, root_path
@@ -168,16 +123,13 @@ def test_three_apps_share_one_port(front: Callable[..., Front], lifespan_log: Pa
         response = get(port, path, host)
         assert response.status_code == 200, (path, host, response.text)
         answer = response.json()
-        assert answer["pid"] == process.proc.pid  # in-process
-        assert (answer["app"], answer["root_path"], answer["path"]) == (app, root_path, path), (
-            path,
-            host,
-        )
+        assert answer["pid"] == process.pid  # in-process
+        seen = (answer["app"], answer["root_path"], answer["path"])
+        assert seen == (app, root_path, path), (path, host)
         # Each app sees the state its own lifespan startup made.
         assert answer["state"] == {"started_by": app}
     assert process.stop() == 0
-    events = lifespan_log.read_text().splitlines()
-    assert events == [
+    assert lifespan_log.read_text().splitlines() == [
         "api startup",
         "site startup",
         "admin startup",
@@ -187,10 +139,8 @@ def test_three_apps_share_one_port(front: Callable[..., Front], lifespan_log: Pa
     ]
 
 
-def test_wsgi_app_beside_asgi_apps(front: Callable[..., Front]) -> None:
-    port = free_port()
-    process = front(three_apps(port))
-    process.wait_for(r"listening on")
+def test_wsgi_app_beside_asgi_apps(serving: Callable[..., Tiercel], port: int) -> None:
+    serving(three_apps(port))
     response = get(port, "/legacy/report/x", "legacy.example")
     assert response.json() == {
         "app": "legacy",
@@ -208,34 +158,19 @@ def test_wsgi_app_beside_asgi_apps(front: Callable[..., Front]) -> None:
     assert get(port, "/legacy-not/").json()["app"] == "site"
 
 
-def test_wsgi_response_streams_in_blocks(front: Callable[..., Front]) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-prefixes = ["http://+:{port}/files/"]
-app = "prefix_apps:legacy_stream"
-"""
-    process = front(config)
-    process.wait_for(r"listening on")
+def test_wsgi_response_streams_in_blocks(serving: Callable[..., Tiercel], port: int) -> None:
+    serving(entry("prefix_apps:legacy_stream", f"http://+:{port}/files/"))
     with httpx.stream("GET", f"http://127.0.0.1:{port}/files/big?300", timeout=30) as response:
         assert response.status_code == 200
         total = sum(len(block) for block in response.iter_bytes())
     assert total == 300 * 65536
 
 
-def test_nothing_matches_is_404(front: Callable[..., Front]) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-prefixes = ["http://+:{port}/api/", "http://+:{port}/v2/api/"]
-app = "prefix_apps:api"
-
-[[app]]
-prefixes = ["http://only.example:{port}/"]
-app = "prefix_apps:admin"
-"""
-    process = front(config)
-    process.wait_for(r"listening on")
+def test_nothing_matches_is_404(serving: Callable[..., Tiercel], port: int) -> None:
+    serving(
+        entry("prefix_apps:api", f"http://+:{port}/api/", f"http://+:{port}/v2/api/")
+        + entry("prefix_apps:admin", f"http://only.example:{port}/")
+    )
     for path, host in [("/", None), ("/apix", None), ("/v2/", None), ("/x", "other.example")]:
         response = get(port, path, host)
         assert response.status_code == 404, (path, host)
@@ -245,61 +180,43 @@ app = "prefix_apps:admin"
     assert get(port, "/x", "only.example").json()["app"] == "admin"
 
 
-def test_ip_bound_prefix_binds_and_matches_its_address(front: Callable[..., Front]) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-name = "local"
-prefixes = ["http://127.0.0.1:{port}/"]
-app = "prefix_apps:site"
-
-[[app]]
-name = "api"
-prefixes = ["http://+:{port}/api/"]
-app = "prefix_apps:api"
-"""
-    process = front(config)
+def test_ip_bound_prefix_binds_and_matches_its_address(
+    serving: Callable[..., Tiercel], port: int
+) -> None:
     # The bind list comes from the prefixes: a wildcard prefix binds every interface.
-    process.wait_for(r"listening on")
+    serving(
+        entry("prefix_apps:site", f"http://127.0.0.1:{port}/", name="local")
+        + entry("prefix_apps:api", f"http://+:{port}/api/", name="api")
+    )
     assert get(port, "/anything", "some.name").json()["app"] == "site"
     assert get(port, "/api/").json()["app"] == "api"
 
 
-def test_ip_bound_only_binds_that_address(front: Callable[..., Front]) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-prefixes = ["http://127.0.0.1:{port}/"]
-app = "prefix_apps:site"
-"""
-    process = front(config)
+def test_ip_bound_only_binds_that_address(front: Callable[..., Tiercel], port: int) -> None:
+    process = front(entry("prefix_apps:site", f"http://127.0.0.1:{port}/"))
     assert process.wait_for(r"listening on (\S+)").group(1) == f"http://127.0.0.1:{port}"
 
 
+def test_explicit_urls_that_cover_the_prefixes(front: Callable[..., Tiercel], port: int) -> None:
+    config = entry("prefix_apps:api", f"http://+:{port}/api/")
+    process = front(config, "--urls", f"http://127.0.0.1:{port}")
+    assert process.wait_for(r"listening on (\S+)").group(1) == f"http://127.0.0.1:{port}"
+    assert get(port, "/api/x").json()["root_path"] == "/api"
+
+
+# -- start-up failures and bad configuration ----------------------------------------------
+
+
 def test_failing_startup_names_the_app_and_stops_the_others(
-    front: Callable[..., Front], lifespan_log: Path
+    front: Callable[..., Tiercel], port: int, lifespan_log: Path
 ) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-name = "api"
-prefixes = ["http://+:{port}/api/"]
-app = "prefix_apps:api"
-
-[[app]]
-name = "billing"
-prefixes = ["http://+:{port}/billing/"]
-app = "prefix_apps:broken"
-
-[[app]]
-name = "site"
-prefixes = ["http://+:{port}/"]
-app = "prefix_apps:site"
-"""
-    process = front(config)
-    assert process.proc.wait(20) == 1
-    process.stop()
-    assert re.search(r"tiercel: error: .*app 'billing'.*no database", process.text), process.text
+    process = front(
+        entry("prefix_apps:api", f"http://+:{port}/api/", name="api")
+        + entry("prefix_apps:broken", f"http://+:{port}/billing/", name="billing")
+        + entry("prefix_apps:site", f"http://+:{port}/", name="site")
+    )
+    (line,) = refused(process, 1)
+    assert re.search(r"tiercel: error: .*app 'billing'.*no database", line), process.text
     # The app started before it was shut down again; the one after it never started.
     assert lifespan_log.read_text().splitlines() == [
         "api startup",
@@ -308,32 +225,12 @@ app = "prefix_apps:site"
     ]
 
 
-def test_explicit_urls_must_cover_every_prefix(front: Callable[..., Front]) -> None:
-    port, other = free_port(), free_port()
-    config = f"""
-[[app]]
-name = "api"
-prefixes = ["http://+:{port}/api/", "http://+:{other}/api/"]
-app = "prefix_apps:api"
-"""
+def test_explicit_urls_must_cover_every_prefix(front: Callable[..., Tiercel], port: int) -> None:
+    other = free_port()
+    config = entry("prefix_apps:api", f"http://+:{port}/api/", f"http://+:{other}/api/", name="api")
     process = front(config, "--urls", f"http://127.0.0.1:{port}")
-    assert process.proc.wait(20) == 2
-    process.stop()
-    lines = [line for line in process.text.splitlines() if line.startswith("tiercel: error")]
-    assert len(lines) == 1
-    assert f"port {other}" in lines[0] and "--urls" in lines[0]
-
-
-def test_explicit_urls_that_cover_the_prefixes(front: Callable[..., Front]) -> None:
-    port = free_port()
-    config = f"""
-[[app]]
-prefixes = ["http://+:{port}/api/"]
-app = "prefix_apps:api"
-"""
-    process = front(config, "--urls", f"http://127.0.0.1:{port}")
-    assert process.wait_for(r"listening on (\S+)").group(1) == f"http://127.0.0.1:{port}"
-    assert get(port, "/api/x").json()["root_path"] == "/api"
+    (line,) = refused(process, 2)
+    assert f"port {other}" in line and "--urls" in line
 
 
 @pytest.mark.parametrize(
@@ -376,30 +273,27 @@ app = "prefix_apps:api"
     ],
 )
 def test_bad_config_is_one_clear_line(
-    front: Callable[..., Front], config: str, message: str
+    front: Callable[..., Tiercel], config: str, message: str
 ) -> None:
     process = front(config)
-    assert process.proc.wait(20) == 2
-    process.stop()
-    lines = process.text.strip().splitlines()
-    assert len(lines) == 1, process.text
-    assert lines[0].startswith("tiercel: error: ")
-    assert re.search(message, lines[0]), lines[0]
+    (line,) = refused(process, 2)
+    assert process.lines == [line], process.text  # nothing else is said
+    assert re.search(message, line), line
 
 
-def test_app_and_apps_together_is_refused(front: Callable[..., Front]) -> None:
-    process = front('[[app]]\nprefixes = ["http://+:8080/"]\napp = "prefix_apps:api"\n', "x:y")
-    assert process.proc.wait(20) == 2
-    process.stop()
-    assert "give either APP or --apps FILE, not both" in process.text
+def test_app_and_apps_together_is_refused(front: Callable[..., Tiercel]) -> None:
+    process = front(entry("prefix_apps:api", "http://+:8080/"), "x:y")
+    (line,) = refused(process, 2)
+    assert "give either APP or --apps FILE, not both" in line
+
+
+# -- real clients and apps in their own processes ------------------------------------------
 
 
 @pytest.mark.peer("curl")
-def test_curl_reaches_each_app_by_host_and_path(front: Callable[..., Front]) -> None:
+def test_curl_reaches_each_app_by_host_and_path(serving: Callable[..., Tiercel], port: int) -> None:
     curl = require_peer("curl")
-    port = free_port()
-    process = front(three_apps(port))
-    process.wait_for(r"listening on")
+    serving(three_apps(port))
 
     def fetch(path: str, host: str) -> str:
         result = subprocess.run(
@@ -417,36 +311,24 @@ def test_curl_reaches_each_app_by_host_and_path(front: Callable[..., Front]) -> 
 
 
 def test_out_of_process_app_beside_an_in_process_one(
-    front: Callable[..., Front], lifespan_log: Path
+    serving: Callable[..., Tiercel], port: int, lifespan_log: Path
 ) -> None:
     """A ``command`` entry runs behind ModuleProxy (tiercel module's forwarder) with its prefix's
     path base; the front stops its process on shutdown."""
-    port = free_port()
     command = [sys.executable, "-m", "tiercel.apps.cli", "prefix_apps:admin", "--no-access-log"]
-    words = ", ".join(f'"{word}"' for word in command)
-    config = f"""
-[[app]]
-name = "api"
-prefixes = ["http://+:{port}/api/"]
-app = "prefix_apps:api"
-
-[[app]]
-name = "outside"
-prefixes = ["http://+:{port}/outside/"]
-command = [{words}]
-startup_time_limit = 60
-"""
-    process = front(config)
-    process.wait_for(r"listening on")
+    process = serving(
+        entry("prefix_apps:api", f"http://+:{port}/api/", name="api")
+        + entry(command, f"http://+:{port}/outside/", name="outside", startup_time_limit=60)
+    )
     inside = get(port, "/api/x").json()
-    assert (inside["app"], inside["pid"]) == ("api", process.proc.pid)
+    assert (inside["app"], inside["pid"]) == ("api", process.pid)
     outside = get(port, "/outside/page", "www.example").json()
     assert (outside["app"], outside["root_path"], outside["path"]) == (
         "admin",
         "/outside",
         "/outside/page",
     )
-    assert outside["pid"] != process.proc.pid
+    assert outside["pid"] != process.pid
     assert get(port, "/Outside").json()["pid"] == outside["pid"]  # the same process again
     assert process.stop() == 0
     with pytest.raises(ProcessLookupError):

@@ -3,12 +3,12 @@ apps without lifespan, and a WSGI app that fails."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
 import prefix_apps
+from processes import free_port
 from tiercel.apps.prefix_router import AppEntry, MountedApp, PrefixRouter
 from tiercel.apps.wsgi_in_asgi import WsgiInAsgi
 from tiercel.core.url_prefixes import parse_url_prefix
@@ -38,13 +38,6 @@ def router(port: int, *apps: tuple[str, str, Any]) -> PrefixRouter:
         interface = "wsgi" if isinstance(app, WsgiInAsgi) else "asgi"
         mounted.append(MountedApp(entry, app, interface))
     return PrefixRouter(mounted)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_front_root_path_is_kept_in_front_of_the_path_base(serve: Callable[..., Any]) -> None:

@@ -7,35 +7,29 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pp_servers import Backend
+from processes import Process, free_port
 from support import recv_until_closed, require_peer
 
 pytestmark = pytest.mark.peer("haproxy")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def start_haproxy(binary: str, config: Path, *ports: int) -> Process:
+    """HAProxy in the foreground (``-db``), once it accepts connections on all ``ports``."""
+    proxy = Process([binary, "-f", str(config), "-db"], cwd=config.parent)
+    proxy.name = "haproxy"
+    try:
+        for port in ports:
+            proxy.wait_until_connectable("127.0.0.1", port)
+    except BaseException:
+        proxy.close()
+        raise
+    return proxy
 
 
 CONFIG = """\
@@ -73,16 +67,10 @@ def haproxy(
     config = Path(tmp_path_factory.mktemp("haproxy")) / "haproxy.cfg"
     config.write_text(CONFIG.format(**ports))
     subprocess.run([binary, "-c", "-f", str(config)], check=True, capture_output=True)
-    proc = subprocess.Popen(
-        [binary, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     try:
-        wait_for(ports["v1"])
-        wait_for(ports["v2"])
-        yield ports["v1"], ports["v2"], server.port
+        with start_haproxy(binary, config, ports["v1"], ports["v2"]):
+            yield ports["v1"], ports["v2"], server.port
     finally:
-        proc.terminate()
-        proc.wait(5)
         server.stop()
 
 
@@ -131,32 +119,25 @@ def test_captured_v2_header_has_checked_tlvs(tmp_path: Path) -> None:
         ports = {"v1": free_port(), "v2": free_port(), "backend": listener.getsockname()[1]}
         config = tmp_path / "haproxy.cfg"
         config.write_text(CONFIG.format(**ports))
-        proc = subprocess.Popen(
-            [binary, "-f", str(config), "-db"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for(ports["v2"])
-            with socket.create_connection(("127.0.0.1", ports["v2"]), timeout=5) as client:
-                client.sendall(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
-                upstream, _ = listener.accept()
-                with upstream:
-                    upstream.settimeout(5)
-                    reader = ProxyProtocolReader()
-                    result: object = None
-                    while not isinstance(result, ProxyHeader):
-                        data = upstream.recv(65536)
-                        assert data
-                        result = reader.feed(data)
-                    assert result.version == 2
-                    assert result.source == ("127.0.0.1", client.getsockname()[1])
-                    assert PP2_TYPE_CRC32C in result.tlvs
-                    assert result.unique_id
-                    rest = reader.leftover
-                    while b"\r\n\r\n" not in rest:
-                        rest += upstream.recv(65536)
-                    assert rest.startswith(b"GET / HTTP/1.1\r\n")
-        finally:
-            proc.terminate()
-            proc.wait(5)
+        with (
+            start_haproxy(binary, config, ports["v2"]),
+            socket.create_connection(("127.0.0.1", ports["v2"]), timeout=5) as client,
+        ):
+            client.sendall(b"GET / HTTP/1.1\r\nhost: example.test\r\n\r\n")
+            upstream, _ = listener.accept()
+            with upstream:
+                upstream.settimeout(5)
+                reader = ProxyProtocolReader()
+                result: object = None
+                while not isinstance(result, ProxyHeader):
+                    data = upstream.recv(65536)
+                    assert data
+                    result = reader.feed(data)
+                assert result.version == 2
+                assert result.source == ("127.0.0.1", client.getsockname()[1])
+                assert PP2_TYPE_CRC32C in result.tlvs
+                assert result.unique_id
+                rest = reader.leftover
+                while b"\r\n\r\n" not in rest:
+                    rest += upstream.recv(65536)
+                assert rest.startswith(b"GET / HTTP/1.1\r\n")

@@ -15,10 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-import trustme
 from file_apps import asgi_file_app, wsgi_file_app
 from response_cache.adapter_servers import AdapterServer
-from support import recv_until_closed, require_peer
+from support import recv_until_closed, require_peer, write_certificate
 from tiercel.apps.tls import CertificateFiles, TlsOptions
 from tiercel.core.config import DataRate, EngineConfig, Limits
 
@@ -53,14 +52,8 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
 
 @pytest.fixture(scope="module")
 def tls_options(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsOptions, Path]:
-    directory = tmp_path_factory.mktemp("sendfile-certs")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_pem = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_pem))
-    return TlsOptions(default=CertificateFiles(str(cert), str(key))), ca_pem
+    pems = write_certificate(tmp_path_factory.mktemp("sendfile-certs"))
+    return TlsOptions(default=CertificateFiles(str(pems.cert), str(pems.key))), pems.ca
 
 
 @pytest.fixture(params=SETUPS, ids=[f"{a}-{i}" for a, i in SETUPS])

@@ -9,16 +9,8 @@ import ssl
 
 import pytest
 import trustme
-from sockets_helpers import (
-    ADAPTER_APPS,
-    free_port,
-    http_get,
-    listening_socket,
-    one_error_line,
-    tcp,
-    tiercel_argv,
-    unix,
-)
+from processes import free_port, http_get, tiercel_argv
+from sockets_helpers import ADAPTER_APPS, listening_socket, one_error_line, tcp, unix
 
 
 @pytest.mark.parametrize("adapter", ADAPTER_APPS)
@@ -87,7 +79,10 @@ def test_inherited_socket_with_tls(spawn, tmp_path):
             pass_fds=[fd],
         )
         server.wait_for(rf"listening on https://127\.0\.0\.1:{port} \(inherited fd {fd}\)$")
-        assert http_get(tcp(port), "/secure", tls=client) == (200, b"asgi /secure listen_fds=-")
+        assert http_get(tcp(port), "/secure", tls=client, server_hostname="127.0.0.1") == (
+            200,
+            b"asgi /secure listen_fds=-",
+        )
         assert server.stop() == 0
 
 

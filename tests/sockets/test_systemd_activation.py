@@ -8,15 +8,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from sockets_helpers import (
-    ADAPTER_APPS,
-    clean_env,
-    free_port,
-    http_get_with_retry,
-    one_error_line,
-    tcp,
-    tiercel_argv,
-)
+from processes import clean_env, free_port, http_get_with_retry, tiercel_argv
+from sockets_helpers import ADAPTER_APPS, one_error_line, tcp
 from support import require_peer
 from tiercel.adapters.sockets import BindError, take_systemd_sockets
 from tiercel.apps.cli import _default_urls
@@ -62,32 +55,24 @@ def test_activated_sockets_are_used_when_no_urls_are_given(spawn):
 
 
 @pytest.mark.peer("systemd-socket-activate")
-def test_socket_chosen_by_name(spawn):
-    web, admin = free_port(), free_port()
+@pytest.mark.parametrize("chosen", [["admin"], ["web", "admin"]], ids=["one", "both"])
+def test_sockets_chosen_by_name(spawn, chosen):
+    ports = {"web": free_port(), "admin": free_port()}  # fd 3 and fd 4, in this order
+    urls = ";".join(f"systemd://{name}" for name in chosen)
     server = spawn(
-        activate(f"127.0.0.1:{web}", f"127.0.0.1:{admin}", fdname="web:admin")
-        + tiercel_argv("sockets_apps:app", "--urls", "systemd://admin")
+        activate(*(f"127.0.0.1:{port}" for port in ports.values()), fdname="web:admin")
+        + tiercel_argv("sockets_apps:app", "--urls", urls)
     )
-    assert http_get_with_retry(tcp(admin), "/admin") == (200, b"asgi /admin listen_fds=-")
-    server.wait_for(
-        rf"listening on http://127\.0\.0\.1:{admin} \(fd 4 from systemd, name 'admin'\)$"
-    )
+    for name in chosen:
+        expected = (200, f"asgi /{name} listen_fds=-".encode())
+        assert http_get_with_retry(tcp(ports[name]), f"/{name}") == expected
+        fd = 3 + list(ports).index(name)
+        server.wait_for(
+            rf"listening on http://127\.0\.0\.1:{ports[name]} "
+            rf"\(fd {fd} from systemd, name '{name}'\)$"
+        )
     listening = [line for line in server.lines if line.startswith("listening on")]
-    assert len(listening) == 1, server.lines
-    assert server.stop() == 0
-
-
-@pytest.mark.peer("systemd-socket-activate")
-def test_two_named_sockets_both_served(spawn):
-    web, admin = free_port(), free_port()
-    server = spawn(
-        activate(f"127.0.0.1:{web}", f"127.0.0.1:{admin}", fdname="web:admin")
-        + tiercel_argv("sockets_apps:app", "--urls", "systemd://web;systemd://admin")
-    )
-    assert http_get_with_retry(tcp(web), "/w") == (200, b"asgi /w listen_fds=-")
-    assert http_get_with_retry(tcp(admin), "/a") == (200, b"asgi /a listen_fds=-")
-    server.wait_for(r"\(fd 3 from systemd, name 'web'\)$")
-    server.wait_for(r"\(fd 4 from systemd, name 'admin'\)$")
+    assert len(listening) == len(chosen), server.lines
     assert server.stop() == 0
 
 

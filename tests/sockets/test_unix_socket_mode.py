@@ -7,7 +7,8 @@ import re
 import stat
 
 import pytest
-from sockets_helpers import ADAPTER_APPS, http_get, one_error_line, tiercel_argv, unix
+from processes import http_get, tiercel_argv
+from sockets_helpers import ADAPTER_APPS, one_error_line, unix
 
 
 @pytest.mark.parametrize(

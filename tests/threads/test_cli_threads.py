@@ -3,89 +3,25 @@ telling WSGI from ASGI on its own (``--interface auto``)."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, run_tiercel
 
 APPS = Path(__file__).resolve().parent.parent / "wsgi"  # wsgi_apps.py lives there
 
 
-def command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERCEL_")}
-    env.update(extra)
-    return env
-
-
-class Tiercel:
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [*command(), *args],
-            cwd=APPS,
-            env=env or environment(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, pattern: str, timeout: float = 10) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                if match := re.search(pattern, line):
-                    return match
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.02)
-        raise AssertionError(f"{pattern!r} not in stderr: {self.lines}")
-
-    def url(self) -> str:
-        return self.wait_for(r"listening on (http://\S+)").group(1)
-
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-
 @pytest.fixture
-def tiercel() -> Iterator:
-    started: list[Tiercel] = []
-
+def tiercel(processes: Processes) -> Callable[..., Tiercel]:
     def start(*args: str, env: dict[str, str] | None = None) -> Tiercel:
-        process = Tiercel(*args, env=env)
-        started.append(process)
-        return process
+        return processes.add(Tiercel(*args, cwd=APPS, env=env))
 
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-        process.proc.wait(5)
+    return start
 
 
 LOCAL = "http://127.0.0.1:0"
@@ -121,19 +57,11 @@ def test_wsgi_apps_are_detected_on_the_default_adapter(tiercel):
         url = process.url()
         process.wait_for(r"\(WSGI, asyncio adapter, \w+ loop\)")
         assert httpx.get(url + "/").status_code == 200
-        assert process.stop() == 0
+        assert process.stop(signal.SIGINT) == 0
 
 
 def test_asgi_app_is_detected_and_refused_by_the_threads_adapter():
-    result = subprocess.run(
-        [*command(), "wsgi_apps:asgi_app", "--adapter", "threads", "--urls", LOCAL],
-        cwd=APPS,
-        env=environment(),
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
+    result = run_tiercel("wsgi_apps:asgi_app", "--adapter", "threads", "--urls", LOCAL, cwd=APPS)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("tiercel: error: the threads adapter runs WSGI apps only")
     assert "--adapter asyncio" in result.stderr
@@ -145,7 +73,7 @@ def test_interface_override(tiercel):
     url = process.url()
     process.wait_for(r"\(WSGI, asyncio adapter")
     assert httpx.get(url + "/forced").text == "hello /forced"
-    assert process.stop() == 0
+    assert process.stop(signal.SIGINT) == 0
 
 
 def test_second_signal_forces_the_stop(tiercel):

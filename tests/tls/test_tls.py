@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
-import sys
-import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from processes import Processes, Tiercel, free_port, run_tiercel
 from support import RunningServer, recv_until_closed
 from tiercel.apps.tls import CertificateStore, TlsOptions
 from tls_helpers import (
@@ -533,23 +531,6 @@ def test_reload_without_https_endpoints_is_false(serve, pki):
 # -- the tiercel command -------------------------------------------------------------------
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def run_tiercel(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*tiercel_command(), *args], capture_output=True, text=True, timeout=20, check=False
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.splitlines()
@@ -559,7 +540,9 @@ def assert_one_error_line(result: subprocess.CompletedProcess[str], code: int = 
 
 
 def test_cli_https_without_certfile():
-    line = assert_one_error_line(run_tiercel("--urls", f"https://127.0.0.1:{free_port()}"))
+    line = assert_one_error_line(
+        run_tiercel("--urls", f"https://127.0.0.1:{free_port()}", cwd=HERE)
+    )
     assert "--certfile" in line
 
 
@@ -574,6 +557,7 @@ def test_cli_missing_certificate_file(pki, tmp_path, which):
         files["certfile"],
         "--keyfile",
         files["keyfile"],
+        cwd=HERE,
     )
     assert "nope.pem" in assert_one_error_line(result)
 
@@ -582,63 +566,23 @@ def test_cli_unusable_certificate_file(pki, tmp_path):
     bad = tmp_path / "bad.pem"
     bad.write_text("not a certificate\n")
     result = run_tiercel(
-        "--urls", "https://127.0.0.1:0", "--certfile", str(bad), "--keyfile", str(pki.default.key)
+        "--urls",
+        "https://127.0.0.1:0",
+        "--certfile",
+        str(bad),
+        "--keyfile",
+        str(pki.default.key),
+        cwd=HERE,
     )
     assert "bad.pem" in assert_one_error_line(result)
 
 
-class TiercelProcess:
-    """``tiercel`` in the background; stderr collected by a thread."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args],
-            cwd=HERE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.stderr = b""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := self.proc.stderr.read1(65536):
-            self.stderr += chunk
-
-    def wait_for(self, pattern: str, timeout: float = 15) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            match = re.search(pattern, self.stderr.decode("utf-8", "replace"))
-            if match:
-                return match
-            assert self.proc.poll() is None, self.stderr.decode("utf-8", "replace")
-            assert time.monotonic() < deadline, self.stderr.decode("utf-8", "replace")
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._reader.join(5)
-
-
 @pytest.fixture
-def tiercel_process() -> Iterator[Callable[..., TiercelProcess]]:
-    started: list[TiercelProcess] = []
+def tiercel_process(processes: Processes) -> Callable[..., Tiercel]:
+    def start(*args: str) -> Tiercel:
+        return processes.add(Tiercel(*args, cwd=HERE))
 
-    def start(*args: str) -> TiercelProcess:
-        process = TiercelProcess(*args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.close()
+    return start
 
 
 def test_cli_sighup_reloads_certificates(pki, cert_dir, tiercel_process):
@@ -661,7 +605,7 @@ def test_cli_sighup_reloads_certificates(pki, cert_dir, tiercel_process):
     process.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 5
     while serial_seen(port) != pki.other_default.serial:
-        assert time.monotonic() < deadline, process.stderr.decode()
+        assert time.monotonic() < deadline, process.text
         time.sleep(0.1)
     assert process.proc.poll() is None  # SIGHUP reloads; it does not stop the server
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
-from support import require_peer
+from support import require_peer, write_certificate
 from tiercel.apps.tls import CertificateFiles, TlsOptions
 from trio_apps import MB, app, pattern
 
@@ -32,14 +32,8 @@ def curl(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsOptions, Path]:
-    directory = tmp_path_factory.mktemp("trio-certs")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_pem = directory / "cert.pem", directory / "key.pem", directory / "ca.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_pem))
-    return TlsOptions(default=CertificateFiles(str(cert), str(key))), ca_pem
+    pems = write_certificate(tmp_path_factory.mktemp("trio-certs"))
+    return TlsOptions(default=CertificateFiles(str(pems.cert), str(pems.key))), pems.ca
 
 
 @pytest.mark.peer("curl")

@@ -3,20 +3,19 @@ timeout, and the real ``tiercel --adapter trio`` command with its signals."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-import trustme
-from support import recv_until_closed
+from processes import Processes, Tiercel, free_port
+from support import recv_until_closed, write_certificate
 from tiercel.apps.lifespan import LifespanFailed
 from trio_apps import STATE, app, failing_startup
 from trio_harness import RunningTrioServer, read_response
@@ -119,74 +118,14 @@ def test_shutdown_timeout_aborts_an_app_that_never_finishes(trio_serve):
 # -- the real command ---------------------------------------------------------------------------
 
 
-def tiercel_command() -> list[str]:
-    path = shutil.which("tiercel")
-    return [path] if path else [sys.executable, "-m", "tiercel.apps.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Tiercel:
-    """A ``tiercel ... --adapter trio`` process; stderr is collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "TIERCEL_URLS"}
-        self.proc = subprocess.Popen(
-            [*tiercel_command(), *args, "--adapter", "trio"],
-            cwd=HERE,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            with self._changed:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if text in line:
-                        return line
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"{text!r} not in stderr: {self.lines}")
-                self._changed.wait(min(remaining, 0.1))
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # by its process id, only if the test left it running
-        self.proc.wait(5)
-        self._reader.join(5)
-
-
 @pytest.fixture
-def tiercel():
-    started: list[Tiercel] = []
+def tiercel(processes: Processes) -> Callable[..., Tiercel]:
+    """``tiercel(*args)``: the command with ``--adapter trio``."""
 
     def start(*args: str) -> Tiercel:
-        process = Tiercel(*args)
-        started.append(process)
-        return process
+        return processes.add(Tiercel(*args, "--adapter", "trio", cwd=HERE))
 
-    yield start
-    for process in started:
-        process.close()
+    return start
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -194,8 +133,8 @@ def test_command_serves_and_stops_gracefully_on_signal(tiercel, sig):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = tiercel("trio_apps:app", "--urls", url)
-    assert process.wait_for("listening on") == f"listening on {url}"
-    assert "trio adapter" in process.wait_for("serving trio_apps:app")
+    assert process.wait_for("listening on").string == f"listening on {url}"
+    assert "trio adapter" in process.wait_for("serving trio_apps:app").string
     process.proc.send_signal(signal.SIGHUP)  # no https endpoint: nothing to reload, no harm
     assert httpx.get(f"{url}/hello", timeout=5).text == "GET /hello  0\n"
     result: dict = {}
@@ -250,26 +189,21 @@ def test_command_serves_https_and_reloads_certificates_on_sighup(tiercel, tmp_pa
     curl = shutil.which("curl")
     if curl is None:
         pytest.skip("needs curl")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("localhost", "127.0.0.1")
-    cert, key, ca_pem = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    leaf.cert_chain_pems[0].write_to_path(str(cert))
-    leaf.private_key_pem.write_to_path(str(key))
-    ca.cert_pem.write_to_path(str(ca_pem))
+    pems = write_certificate(tmp_path)
     port = free_port()
     process = tiercel(
         "trio_apps:app",
         "--urls",
         f"https://127.0.0.1:{port}",
         "--certfile",
-        str(cert),
+        str(pems.cert),
         "--keyfile",
-        str(key),
+        str(pems.key),
     )
     process.wait_for("listening on")
     url = f"https://localhost:{port}/h2"
     result = subprocess.run(
-        [curl, "-sS", "--cacert", str(ca_pem), "-w", "\n%{http_version}", url],
+        [curl, "-sS", "--cacert", str(pems.ca), "-w", "\n%{http_version}", url],
         capture_output=True,
         timeout=10,
         check=False,

@@ -8,36 +8,22 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
-from workers_harness import (
-    ClientLoop,
-    Tiercel,
-    clean_env,
-    get,
-    pid_alive,
-    run,
-    wait_until_gone,
-    worker_pid,
-)
+from processes import Processes, clean_env, pid_alive, wait_until_gone
+from workers_harness import HERE, ClientLoop, WorkersTiercel, get, run, worker_pid
 
 LOCAL = "http://127.0.0.1:0"
 APPS = {"asyncio": "workers_app:app", "trio": "workers_app:app", "threads": "workers_app:wsgi_app"}
 
 
 @pytest.fixture
-def tiercel() -> Iterator:
-    started: list[Tiercel] = []
+def tiercel(processes: Processes) -> Callable[..., WorkersTiercel]:
+    def start(*args: str, **kwargs) -> WorkersTiercel:
+        return processes.add(WorkersTiercel(*args, cwd=HERE, **kwargs))
 
-    def start(*args: str, **kwargs) -> Tiercel:
-        process = Tiercel(*args, **kwargs)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.close()
+    return start
 
 
 def distinct_pids(address: str, wanted: int, attempts: int = 300, **kwargs) -> set[int]:
@@ -62,7 +48,7 @@ def test_workers_share_the_listening_socket(tiercel, adapter):
     assert any("sockets inherited" in line for line in server.lines)
     assert distinct_pids(address, 2) == set(pids)
     assert server.stop() == 0
-    wait_until_gone(pids)
+    wait_until_gone(*pids)
     assert server.lines[-1] == "stopped"
 
 
@@ -161,8 +147,8 @@ def test_sighup_restarts_every_worker_without_a_failed_request(tiercel, adapter)
     with ClientLoop(address, threads=2) as load:
         load.wait_served(50)
         server.proc.send_signal(signal.SIGHUP)
-        server.wait_for(r"is ready; stopping worker \d+ \(rolling restart\)", count=2)
-        wait_until_gone(old)
+        server.wait_for_lines(r"is ready; stopping worker \d+ \(rolling restart\)", 2)
+        wait_until_gone(*old)
         load.wait_served(50)
     assert load.failures == []
     new = distinct_pids(address, 2)
@@ -217,7 +203,7 @@ def test_max_requests_recycles_workers_without_a_failed_request(tiercel, workers
     address, first = server.started()
     recycled = r"is ready; stopping worker (\d+) \(it served its --max-requests\)"
     with ClientLoop(address, threads=2) as load:
-        retired = [int(m.group(1)) for m in server.wait_for(recycled, count=2)]
+        retired = [int(m.group(1)) for m in server.wait_for_lines(recycled, 2)]
         load.wait_served(20)
     assert load.failures == []
     assert len(load.pids) >= int(workers) + 2
@@ -251,7 +237,7 @@ def test_repeated_start_up_failures_after_a_restart_stop_everything(tiercel, tmp
     server.wait_for(r"failed at start-up 3 times in a row")
     assert server.lines[-1].startswith("tiercel: error: ")
     assert "broken by the test" in server.lines[-1]
-    wait_until_gone(pids)
+    wait_until_gone(*pids)
 
 
 @pytest.mark.parametrize(
@@ -287,5 +273,5 @@ def test_workers_stop_when_the_supervisor_is_killed(tiercel):
     server = tiercel("workers_app:app", "--workers", "2", "--urls", LOCAL)
     _, pids = server.started()
     server.proc.kill()
-    wait_until_gone(pids, timeout=10)
+    wait_until_gone(*pids, timeout=10)
     time.sleep(0)  # nothing else to check: the lifeline made them stop
