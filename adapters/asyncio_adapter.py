@@ -43,7 +43,7 @@ from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 from .delegation import DelegationFailed, QueueSender, serve_queue_asyncio
 from .files import OpenedFile, read_range, send_file_body, write_file_through_stream
 from .serving import ServesUntilStopped
-from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints
+from .sockets import FIRST_REQUEST_GRACE, Listener, bind_endpoints, take_reuse_port_queue
 
 log = logging.getLogger("tiercel.error")
 
@@ -662,6 +662,15 @@ class AsyncioServer(ServesUntilStopped):
             log.warning("cannot serve a delegated connection: %s", exc)
             sock.close()
 
+    async def _serve_reuse_port_queue(self, queued: list[tuple[Listener, socket.socket]]) -> None:
+        """--reuse-port: connections taken from our own socket's queue as it closed."""
+        for listener, sock in queued:
+            try:
+                await self.loop.connect_accepted_socket(partial(_Connection, self, listener), sock)
+            except OSError as exc:
+                log.warning("cannot serve a connection queued at shutdown: %s", exc)
+                sock.close()
+
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         task = self.loop.create_task(fn(*args))
         self._background.add(task)
@@ -697,8 +706,10 @@ class AsyncioServer(ServesUntilStopped):
             return  # stopped already, or never started
         self._stopped = True
         self.stopping = True
+        queued = take_reuse_port_queue(self.listeners)  # right before the sockets close
         for server in self._servers:
             server.close()
+        await self._serve_reuse_port_queue(queued)
         self._stop_queues()
         for connection in list(self.connections):
             connection.shutdown()

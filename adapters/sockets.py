@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import stat
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -47,8 +48,16 @@ class Listener:
         return self.endpoint is not None and self.endpoint.kind == "queue"
 
     def describe(self) -> str:
-        """The URL, and where the socket came from: ``http://127.0.0.1:80 (inherited fd 5)``."""
-        return f"{self.url} ({self.origin})" if self.origin else self.url
+        """The URL, where the socket came from and whether it reads a PROXY header:
+        ``http://127.0.0.1:80 (inherited fd 5, PROXY protocol required)``."""
+        notes = [note for note in (self.origin, self._proxy_note()) if note]
+        return f"{self.url} ({', '.join(notes)})" if notes else self.url
+
+    def _proxy_note(self) -> str:
+        proxy = self.settings.proxy_protocol
+        if proxy is None:
+            return ""
+        return f"PROXY protocol {'required' if proxy.required else 'optional'}"
 
     def close(self) -> None:
         self.sock.close()
@@ -69,16 +78,21 @@ def _explain(endpoint: Endpoint, where: str, exc: OSError) -> BindError:
     return BindError(f"cannot listen on {where} (from {endpoint.url}): {hint}")
 
 
-def _tcp(endpoint: Endpoint, host: str, port: int) -> socket.socket:
+def _tcp(
+    endpoint: Endpoint, host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # tiercel --workers N --reuse-port (see bind_endpoints)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # "[::]" means every interface, IPv4 included (dual-stack), as in Kestrel.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
         sock.bind((host, port))
-        sock.listen(BACKLOG)
+        if listen:
+            sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError:
         sock.close()
@@ -135,11 +149,21 @@ def _set_unix_mode(endpoint: Endpoint, path: str) -> None:
         os.chmod(path, endpoint.unix_mode)
 
 
-def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
-    """Bind every endpoint or none: on any failure, what was bound is closed again."""
+def bind_endpoints(
+    endpoints: list[Endpoint], *, reserve_reuse_port: bool = False
+) -> list[Listener]:
+    """Bind every endpoint or none: on any failure, what was bound is closed again.
+
+    ``reserve_reuse_port`` (the supervisor of ``--workers N --reuse-port``): TCP addresses are
+    bound with SO_REUSEPORT but not listened on, which holds the port (port 0 resolved) without
+    joining the kernel's group of listeners that new connections are spread over."""
     handed_down = take_handed_down_listeners()
     if handed_down is not None:  # a worker under ``tiercel --workers``: its supervisor bound them
         return handed_down
+    own_reuse_port = bind_reuse_port_listeners()
+    if own_reuse_port is not None:  # a worker under ``--reuse-port``: its own sockets
+        return own_reuse_port
+    tcp_options = {"reuse_port": True, "listen": False} if reserve_reuse_port else {}
     listeners: list[Listener] = []
     try:
         activated: list[ActivatedSocket] | None = None  # taken from the environment once
@@ -155,7 +179,7 @@ def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
             hosts = endpoint.bind_hosts()
             for host in hosts:
                 try:
-                    sock = _tcp(endpoint, host, endpoint.port)
+                    sock = _tcp(endpoint, host, endpoint.port, **tcp_options)
                 except OSError as exc:
                     if (
                         endpoint.kind == "localhost"
@@ -176,7 +200,7 @@ def bind_endpoints(endpoints: list[Endpoint]) -> list[Listener]:
                             errno.EADDRNOTAVAIL,
                         )
                     ):
-                        sock = _tcp(endpoint, "0.0.0.0", endpoint.port)
+                        sock = _tcp(endpoint, "0.0.0.0", endpoint.port, **tcp_options)
                     else:
                         raise _explain(
                             endpoint, format_address(endpoint.scheme, host, endpoint.port), exc
@@ -369,3 +393,70 @@ def take_handed_down_listeners() -> list[Listener] | None:
             listener.close()
         raise
     return listeners
+
+
+# -- each worker's own SO_REUSEPORT sockets (tiercel --workers N --reuse-port) ------------------
+
+REUSE_PORT_ENV = "TIERCEL_WORKER_REUSE_PORT"  # JSON [[listen URL, host, port], ...]
+REUSE_PORT_KINDS = ("localhost", "any", "ip")  # TCP addresses; the others cannot be bound again
+_REUSE_PORT_PLATFORMS = ("linux", "freebsd", "openbsd", "netbsd", "dragonfly")
+
+
+def reuse_port_supported() -> bool:
+    """SO_REUSEPORT that spreads connections over the listeners: Linux 3.9+ and the BSDs
+    (macOS has the option, but there the last socket bound takes every connection)."""
+    return hasattr(socket, "SO_REUSEPORT") and sys.platform.startswith(_REUSE_PORT_PLATFORMS)
+
+
+def reuse_port_addresses(reserved: list[Listener]) -> str:
+    """What the supervisor tells each worker to bind: every reserved address, port resolved."""
+    addresses = []
+    for listener in reserved:
+        assert listener.endpoint is not None
+        host, port = listener.sock.getsockname()[:2]
+        addresses.append([listener.endpoint.url, host, port])
+    return json.dumps(addresses)
+
+
+def bind_reuse_port_listeners() -> list[Listener] | None:
+    """This worker's own listening sockets, bound with SO_REUSEPORT to the addresses its
+    supervisor reserved; None when it is not such a worker. The variable is removed so that the
+    app's child processes never take it for theirs."""
+    text = os.environ.pop(REUSE_PORT_ENV, None)
+    if text is None:
+        return None
+    from tiercel.core.addresses import parse_url
+
+    listeners: list[Listener] = []
+    try:
+        for url, host, port in json.loads(text):
+            endpoint = parse_url(url)
+            try:
+                sock = _tcp(endpoint, host, int(port), reuse_port=True)
+            except OSError as exc:
+                raise _explain(endpoint, format_address(endpoint.scheme, host, port), exc) from None
+            bound = format_address(endpoint.scheme, host, int(port))
+            listeners.append(Listener(sock, bound, endpoint=endpoint, origin="SO_REUSEPORT"))
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    return listeners
+
+
+def take_reuse_port_queue(listeners: list[Listener]) -> list[tuple[Listener, socket.socket]]:
+    """The connections waiting in this worker's own SO_REUSEPORT sockets, accepted just before an
+    adapter closes them at a graceful stop: closing would reset them (unless
+    net.ipv4.tcp_migrate_req moves them to another worker), while accepted they are served
+    like any connection that arrives as the stop begins. Shared sockets keep their queue."""
+    taken: list[tuple[Listener, socket.socket]] = []
+    for listener in listeners:
+        if listener.origin != "SO_REUSEPORT":
+            continue
+        while True:
+            try:
+                sock, _ = listener.sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            taken.append((listener, sock))
+    return taken

@@ -55,7 +55,12 @@ from typing import Any, TypeVar
 
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
+from tiercel.apps.logs import (
+    LoggingObserver,
+    log_app_exception,
+    log_app_problem,
+    log_rejection_summary,
+)
 from tiercel.apps.options import ServerOptions
 from tiercel.core.config import EngineConfig
 from tiercel.core.connection import EngineConnection, open_connection
@@ -192,6 +197,10 @@ class _LockedContext(ServerContext):
         with self._lock:
             self.rejections[rejection.reason] += 1
         self.observer.request_rejected(rejection)
+
+    def rejection_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.rejections)
 
 
 class _LockedResponseCache(ResponseCache):
@@ -769,6 +778,7 @@ class ThreadedServer:
         self._stop_flag = False  # request_stop(); a plain flag, so signal handlers may set it
         self._force = False
         self._reload_requested = False
+        self._rejection_summary_requested = False  # SIGUSR1: log the rejection counts
         # Request delegation: the front's connections to the queues (core/delegation.py).
         self.delegation_sender = QueueSender() if options.engine.delegation is not None else None
 
@@ -825,6 +835,9 @@ class ThreadedServer:
     def wait_for_stop_request(self) -> None:
         while not self._stop_flag and not self._stopped:
             time.sleep(0.1)
+            if self._rejection_summary_requested:  # SIGUSR1 (run())
+                self._rejection_summary_requested = False
+                log_rejection_summary(self.context.rejection_counts(), when_none=True)
 
     def stop_serving(self) -> None:
         """Graceful stop: stop accepting, let in-flight requests finish (up to the shutdown
@@ -888,12 +901,20 @@ class ThreadedServer:
         def on_hangup(signum: int, frame: Any) -> None:
             self._reload_requested = True
 
+        def on_rejection_summary_signal(signum: int, frame: Any) -> None:
+            # Logged by wait_for_stop_request: a handler that logs could interleave with a
+            # record the main thread is writing.
+            self._rejection_summary_requested = True
+
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, on_signal)
             if hasattr(signal, "SIGHUP"):
                 previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+            if hasattr(signal, "SIGUSR1"):
+                usr1 = signal.SIGUSR1
+                previous[usr1] = signal.signal(usr1, on_rejection_summary_signal)
         try:
             self.start_serving()
             if on_started is not None:

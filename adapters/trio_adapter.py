@@ -35,7 +35,12 @@ import trio
 from tiercel.apps.endpoints import EndpointManager
 from tiercel.apps.lifespan import Lifespan
 from tiercel.apps.loader import resolve_interface
-from tiercel.apps.logs import LoggingObserver, log_app_exception, log_app_problem
+from tiercel.apps.logs import (
+    LoggingObserver,
+    log_app_exception,
+    log_app_problem,
+    log_rejection_summary,
+)
 from tiercel.apps.options import ServerOptions
 from tiercel.core.asgi import (
     ADDRESSES_EXTENSION,
@@ -705,7 +710,8 @@ class TrioServer:
             trio.run(self._run_with_signals, on_started)
 
     async def _run_with_signals(self, on_started: Callable[[list[str]], None] | None) -> None:
-        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        # SIGUSR1 logs the rejection counts without stopping.
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
         with trio.open_signal_receiver(*signals) as received:
             async with trio.open_nursery() as nursery:
                 started = False
@@ -713,6 +719,10 @@ class TrioServer:
                 async def watch() -> None:
                     seen = 0
                     async for signum in received:
+                        if signum == signal.SIGUSR1:
+                            counts = self.context.rejection_counts()
+                            log_rejection_summary(counts, when_none=True)
+                            continue
                         if signum == signal.SIGHUP:
                             if self.endpoints is not None:
                                 self.endpoints.reload_certificates()

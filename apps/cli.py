@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("off", "required", "optional"),
         default="off",
         help="PROXY protocol v1/v2 on every endpoint: required (connections without a header "
-        "are closed) or optional (direct clients are served too)",
+        "are closed) or optional (direct clients are served too); one listen URL can say "
+        "otherwise with ?proxy=required|optional|off, e.g. http://0.0.0.0:8080?proxy=required",
     )
     proxy.add_argument(
         "--proxy-trusted",
@@ -311,6 +312,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         )
     return ServerOptions(
         proxy_protocol=_proxy_protocol_settings(args),
+        proxy_trusted=_proxy_trusted_networks(args),
         http2=http2,
         interface=args.interface,
         protocols=args.protocols,
@@ -380,14 +382,21 @@ def _httpsys_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _proxy_trusted_networks(args: argparse.Namespace) -> tuple[str, ...] | None:
+    if args.proxy_trusted is None:
+        return None
+    return tuple(n.strip() for n in args.proxy_trusted.split(",") if n.strip())
+
+
 def _proxy_protocol_settings(args: argparse.Namespace) -> ProxyProtocolSettings | None:
+    """The default for every endpoint; a listen URL's ?proxy= overrides it (ServerOptions
+    checks --proxy-trusted, which may also serve only such URLs)."""
     if args.proxy_protocol == "off":
-        if args.proxy_trusted is not None:
-            raise ConfigError("--proxy-trusted needs --proxy-protocol required|optional")
         return None
     extra: dict[str, Any] = {}
-    if args.proxy_trusted is not None:
-        extra["trusted"] = tuple(n.strip() for n in args.proxy_trusted.split(",") if n.strip())
+    trusted = _proxy_trusted_networks(args)
+    if trusted is not None:
+        extra["trusted"] = trusted
     return ProxyProtocolSettings(required=args.proxy_protocol == "required", **extra)
 
 

@@ -34,7 +34,8 @@ class EndpointManager:
                 tls = TlsSettings(self.store.default, self.options.tls.handshake_timeout)
             # A delegation queue's connections come with the client's address in the handoff
             # (already taken from any PROXY header by the front): no header to read again.
-            proxy = None if listener.is_queue else self.options.proxy_protocol
+            options = self.options
+            proxy = None if listener.is_queue else options.proxy_protocol_for(listener.endpoint)
             listener.settings = EndpointSettings(protocols, tls, self.options.http2, proxy)
 
     def reload_certificates(self) -> bool:

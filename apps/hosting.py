@@ -18,6 +18,7 @@ from tiercel.core.forwarded import ForwardedOptions
 from tiercel.core.proxy_protocol import ProxyProtocolSettings
 from tiercel.core.response_cache import ResponseCacheSettings, parse_size
 
+from .logs import log_rejection_summary
 from .options import ServerOptions
 from .tls import TlsOptions
 
@@ -162,10 +163,21 @@ class Server:
         if self.options.adapter != "asyncio":
             # Other runtimes own their main loop and signal handling.
             self._impl.run(on_started)
-            return
-        factory = uvloop_factory(self.options.loop)
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(self._run_with_signals(on_started))
+        else:
+            factory = uvloop_factory(self.options.loop)
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(self._run_with_signals(on_started))
+        self.log_rejection_summary()
+
+    def _on_rejection_summary_signal(self) -> None:
+        self.log_rejection_summary(when_none=True)
+
+    def log_rejection_summary(self, *, when_none: bool = False) -> None:
+        """The requests refused before the app, by reason: at the end of ``run`` (when there
+        were any) and on SIGUSR1 (``when_none``)."""
+        context = getattr(self._impl, "context", None)  # the HTTP.sys adapter has no engine
+        if context is not None:
+            log_rejection_summary(context.rejection_counts(), when_none=when_none)
 
     async def _run_with_signals(self, on_started: Callable[[list[str]], None] | None) -> None:
         loop = asyncio.get_running_loop()
@@ -203,6 +215,7 @@ class Server:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_rejection_summary_signal)
         try:
             await self._impl.start()
             starting = False

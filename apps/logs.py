@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 
 from tiercel.core.accesslog import format_access_line
 from tiercel.core.context import Rejection
@@ -62,6 +63,26 @@ class LoggingObserver:
                 rejection.message,
                 rejection.reason,
             )
+
+
+# -- rejection counts: at shutdown and on SIGUSR1 -----------------------------------------------
+
+
+def format_rejection_summary(counts: Mapping[str, int]) -> str:
+    """``requests refused before the app: 3 (bad_request 2, headers_too_large 1)``: the most
+    frequent reason first, ties in name order."""
+    reasons = sorted(((n, r) for r, n in counts.items() if n > 0), key=lambda x: (-x[0], x[1]))
+    total = sum(n for n, _ in reasons)
+    detail = ", ".join(f"{reason} {count}" for count, reason in reasons)
+    return f"requests refused before the app: {total}" + (f" ({detail})" if detail else "")
+
+
+def log_rejection_summary(counts: Mapping[str, int], *, when_none: bool = False) -> None:
+    """One INFO line on ``tiercel.error`` with the counts by reason (``ServerContext.rejections``).
+    At shutdown nothing is said when nothing was refused (``when_none`` says it anyway: SIGUSR1
+    asked)."""
+    if when_none or any(count > 0 for count in counts.values()):
+        error_log.info("%s", format_rejection_summary(counts))
 
 
 # -- an app's failures, as every adapter reports them ---------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tiercel.adapters.httpsys.options import HttpSysOptions, parse_url_prefixes
 from tiercel.core.addresses import DEFAULT_URLS, Endpoint, parse_urls
@@ -42,6 +42,9 @@ class ServerOptions:
     http2: Http2Limits = field(default_factory=Http2Limits)
     endpoints: tuple[Endpoint, ...] = ()
     proxy_protocol: ProxyProtocolSettings | None = None  # PROXY v1/v2 on every listener
+    # Who may send a PROXY header on an endpoint whose URL says ?proxy=required|optional when
+    # proxy_protocol is None (otherwise its trusted networks apply); None means loopback.
+    proxy_trusted: tuple[str, ...] | None = None
     rejection_log_level: str = "info"  # level of the tiercel.rejections lines
     httpsys: HttpSysOptions | None = None  # --adapter httpsys only (adapters/httpsys)
 
@@ -76,6 +79,7 @@ class ServerOptions:
             )
         if self.adapter == "httpsys":
             _check_httpsys_urls(self)
+            _check_httpsys_response_cache(self)
         elif not self.endpoints:
             try:
                 endpoints = parse_urls(self.urls)
@@ -84,6 +88,7 @@ class ServerOptions:
             except ValueError as exc:  # e.g. urlsplit's "Invalid IPv6 URL" for "http://[::1"
                 raise ConfigError(f"invalid listen URL in {self.urls!r}: {exc}") from None
             object.__setattr__(self, "endpoints", tuple(endpoints))
+        _check_proxy_trusted(self)
         if self.tls is None and any(e.scheme == "https" for e in self.endpoints):
             raise ConfigError(
                 "an https:// URL needs a certificate: give --certfile (and --keyfile)"
@@ -92,6 +97,35 @@ class ServerOptions:
     @property
     def protocol_set(self) -> frozenset[str]:
         return PROTOCOLS[self.protocols.lower()]
+
+    def proxy_protocol_for(self, endpoint: Endpoint | None) -> ProxyProtocolSettings | None:
+        """The PROXY protocol on one endpoint: its URL's ``?proxy=``, else ``proxy_protocol``."""
+        asked = endpoint.proxy if endpoint is not None else None
+        if asked is None:
+            return self.proxy_protocol
+        if asked == "off":
+            return None
+        base = self.proxy_protocol
+        if base is None:
+            trusted = {} if self.proxy_trusted is None else {"trusted": self.proxy_trusted}
+            base = ProxyProtocolSettings(**trusted)
+        return replace(base, required=asked == "required")
+
+
+# -- the PROXY protocol per endpoint (listen URLs with ?proxy=) -----------------------------------
+
+
+def _check_proxy_trusted(options: ServerOptions) -> None:
+    if options.proxy_trusted is None:
+        return
+    if options.proxy_protocol is None and not any(
+        endpoint.proxy in ("required", "optional") for endpoint in options.endpoints
+    ):
+        raise ConfigError(
+            "--proxy-trusted needs --proxy-protocol required|optional or a listen URL with "
+            "?proxy=required|optional"
+        )
+    ProxyProtocolSettings(trusted=options.proxy_trusted)  # a bad network fails here, up front
 
 
 # -- the HTTP.sys adapter (adapters/httpsys) -------------------------------------------------------
@@ -103,4 +137,14 @@ def _check_httpsys_urls(options: ServerOptions) -> None:
     if options.proxy_protocol is not None:
         raise ConfigError(
             "--proxy-protocol does not apply to --adapter httpsys: HTTP.sys reads the connection"
+        )
+
+
+def _check_httpsys_response_cache(options: ServerOptions) -> None:
+    """tiercel's response cache sits in the engine, which HTTP.sys replaces: it would never run."""
+    if options.engine.response_cache is not None:
+        raise ConfigError(
+            "--response-cache does not apply to --adapter httpsys: HTTP.sys caches responses "
+            "in the kernel (on by default, off with --httpsys-no-response-cache); "
+            "drop --response-cache"
         )

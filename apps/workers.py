@@ -9,7 +9,8 @@ descriptor is which URL) and one end of a socket pair, its *channel* to the supe
 stops, crashes or starts never makes the port refuse a connection: while the supervisor holds the
 socket, connections wait in its queue until some worker accepts them. (``SO_REUSEPORT`` would give
 each worker its own queue, and the connections queued on a worker's socket when it closes are
-reset: exactly what a rolling restart must avoid. Inherited sockets also work for unix: URLs.)
+reset: exactly what a rolling restart must avoid. Inherited sockets also work for unix: URLs.
+``--reuse-port`` opts into it for an even spread of connections: see its section at the end.)
 
 The channel carries one line per message, worker to supervisor:
 
@@ -60,6 +61,7 @@ from tiercel.core.stream import HttpStream
 
 if TYPE_CHECKING:
     from tiercel.adapters.sockets import Listener
+    from tiercel.core.addresses import Endpoint
 
 CHANNEL_ENV = "TIERCEL_WORKER_CHANNEL"  # the worker's end of its socket pair, a descriptor number
 STARTUP_FAILURE_LIMIT = 3  # start-up failures in a row (after the first start) that end it all
@@ -111,6 +113,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="add a random 0..J to each worker's --max-requests, so they do not all restart "
         "together",
     )
+    add_reuse_port_argument(group)
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class WorkerSettings:
     workers: int = 1
     max_requests: int | None = None
     max_requests_jitter: int = 0
+    reuse_port: bool = False  # each worker binds its own SO_REUSEPORT socket (see below)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> WorkerSettings:
@@ -135,7 +139,8 @@ class WorkerSettings:
                 "--workers and --max-requests need a socket adapter: --adapter asyncio, trio "
                 "or threads"
             )
-        return cls(args.workers, args.max_requests, args.max_requests_jitter or 0)
+        reuse_port = check_reuse_port_option(args)
+        return cls(args.workers, args.max_requests, args.max_requests_jitter or 0, reuse_port)
 
     @property
     def supervised(self) -> bool:
@@ -246,6 +251,7 @@ class WorkerChannel:
         limit = WorkerSettings.from_args(args).request_limit()
         if limit is None:
             return
+        log.info("will recycle after %d requests (--max-requests)", limit)
         context = server._impl.context
         context.observer = _CountingObserver(context.observer, limit, self._ask_for_recycle)
 
@@ -319,20 +325,16 @@ class Supervisor:
         self._signals: deque[int] = deque()
         self._restarting = False  # a SIGHUP's rolling restart is under way
         self._selector = selectors.DefaultSelector()
-        self._handed_down = json.dumps(
-            [[listener.sock.fileno(), listener.endpoint.url] for listener in listeners]
-        )
+        self._listener_env, self._listener_fds = _listeners_for_workers(listeners, settings)
 
     # -- processes ----------------------------------------------------------------------------
 
     def _spawn(self, replaces: _Worker | None = None) -> _Worker:
-        from tiercel.adapters.sockets import HANDED_DOWN_ENV
-
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env[CHANNEL_ENV] = str(theirs.fileno())
-        env[HANDED_DOWN_ENV] = self._handed_down
-        fds = [theirs.fileno(), *(listener.sock.fileno() for listener in self.listeners)]
+        env.update(self._listener_env)
+        fds = [theirs.fileno(), *self._listener_fds]
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "tiercel.apps.cli", *self.argv],
@@ -419,13 +421,15 @@ class Supervisor:
             )
         count = self.settings.workers
         log.info(
-            "supervising %d worker%s (pid%s %s), sockets inherited%s",
+            "supervising %d worker%s (pid%s %s), %s%s",
             count,
             "s" if count > 1 else "",
             "s" if count > 1 else "",
             self._pids(),
+            _sharing_description(self.settings),
             recycling,
         )
+        _warn_about_reuse_port_restarts(self.settings)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -434,7 +438,7 @@ class Supervisor:
         wake_read.setblocking(False)
         wake_write.setblocking(False)
         self._selector.register(wake_read, selectors.EVENT_READ, None)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         previous_wakeup = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
         try:
@@ -472,9 +476,20 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._signals.append(signum)
 
+    def _forward_rejection_summary_signal(self) -> None:
+        """SIGUSR1: each worker logs its own rejection counts. Only serving workers get it: one
+        still starting (or already stopping) may not handle it, and SIGUSR1 would kill it."""
+        for worker in self.workers:
+            if worker.ready and not worker.stopping:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGUSR1)
+
     def _handle_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return  # only to wake the loop; _reap looks
+        if signum == signal.SIGUSR1:
+            self._forward_rejection_summary_signal()
+            return
         if signum == signal.SIGHUP:
             if self.shutting_down:
                 return
@@ -608,7 +623,8 @@ def supervise_if_wanted(args: argparse.Namespace, argv: list[str]) -> int | None
         options = options_from_args(args)
         if args.factory and not args.app:
             raise ConfigError("--factory needs an APP")
-        listeners = bind_endpoints(list(options.endpoints))
+        check_reuse_port_endpoints(settings, list(options.endpoints))
+        listeners = bind_endpoints(list(options.endpoints), reserve_reuse_port=settings.reuse_port)
     except ConfigError as exc:
         _error_line(str(exc))
         return 2
@@ -617,3 +633,95 @@ def supervise_if_wanted(args: argparse.Namespace, argv: list[str]) -> int | None
         return 1
     supervisor = Supervisor(argv, listeners, settings, options.shutdown_timeout)
     return supervisor.run()
+
+
+# -- --reuse-port: each worker binds its own SO_REUSEPORT socket --------------------------------
+#
+# The default shares one inherited socket (one accept queue) among all the processes. With
+# --reuse-port the supervisor binds each TCP address with SO_REUSEPORT but never listens on it:
+# that fails fast on EADDRINUSE, turns port 0 into the port every worker then binds, and holds the
+# port for the supervisor's life, while a socket that is not listening is not one the kernel
+# hands connections to (a listening one that nobody accepts from would take its share and leave
+# them waiting). Each worker binds and listens on its own socket and the kernel spreads new
+# connections over the workers' queues. The price: when a worker stops, the connections still
+# waiting in its own queue are reset, unless net.ipv4.tcp_migrate_req=1 (Linux 5.14+) moves them
+# to another worker's queue (the asyncio adapter also accepts what is queued just before it
+# closes its socket: sockets.take_reuse_port_queue). A replacement always binds before the
+# worker it replaces stops.
+
+_MIGRATE_REQ_SYSCTL = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def add_reuse_port_argument(group: argparse._ArgumentGroup) -> None:
+    group.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="each worker binds its own SO_REUSEPORT socket and the kernel spreads connections "
+        "over them (more even load; Linux and the BSDs, TCP addresses only); the default is one "
+        "socket inherited by every worker",
+    )
+
+
+def check_reuse_port_option(args: argparse.Namespace) -> bool:
+    if not getattr(args, "reuse_port", False):
+        return False
+    from tiercel.adapters.sockets import reuse_port_supported
+
+    if not reuse_port_supported():
+        raise ConfigError(
+            f"--reuse-port needs SO_REUSEPORT that balances connections (Linux or a BSD), "
+            f"which {sys.platform} lacks: leave it out to share one inherited socket"
+        )
+    if args.workers == 1 and args.max_requests is None:
+        raise ConfigError("--reuse-port is for worker processes: add --workers N (N above 1)")
+    return True
+
+
+def check_reuse_port_endpoints(settings: WorkerSettings, endpoints: list[Endpoint]) -> None:
+    from tiercel.adapters.sockets import REUSE_PORT_KINDS
+
+    if not settings.reuse_port:
+        return
+    for endpoint in endpoints:
+        if endpoint.kind not in REUSE_PORT_KINDS:
+            raise ConfigError(
+                f"--reuse-port cannot be used with {endpoint.url}: only TCP addresses can be "
+                "bound again by each worker; leave out --reuse-port to share the socket"
+            )
+
+
+def _listeners_for_workers(
+    listeners: list[Listener], settings: WorkerSettings
+) -> tuple[dict[str, str], list[int]]:
+    """The environment and descriptors that tell a worker which sockets to serve."""
+    from tiercel.adapters.sockets import HANDED_DOWN_ENV, REUSE_PORT_ENV, reuse_port_addresses
+
+    if settings.reuse_port:  # nothing inherited: each worker binds its own
+        return {REUSE_PORT_ENV: reuse_port_addresses(listeners)}, []
+    fds = [listener.sock.fileno() for listener in listeners]
+    handed_down = [[listener.sock.fileno(), listener.endpoint.url] for listener in listeners]
+    return {HANDED_DOWN_ENV: json.dumps(handed_down)}, fds
+
+
+def _sharing_description(settings: WorkerSettings) -> str:
+    if settings.reuse_port:
+        return "each with its own SO_REUSEPORT socket"
+    return "sockets inherited"
+
+
+def migrate_req_setting() -> str | None:
+    """net.ipv4.tcp_migrate_req ("0" or "1"); None where there is no such setting."""
+    try:
+        with open(_MIGRATE_REQ_SYSCTL, encoding="ascii") as setting:
+            return setting.read().strip()
+    except OSError:
+        return None
+
+
+def _warn_about_reuse_port_restarts(settings: WorkerSettings) -> None:
+    if settings.reuse_port and sys.platform.startswith("linux") and migrate_req_setting() != "1":
+        log.warning(
+            "--reuse-port: connections queued on a worker's own socket as it stops can be "
+            "reset; set "
+            "sysctl net.ipv4.tcp_migrate_req=1 (Linux 5.14+) to hand them to the other workers"
+        )

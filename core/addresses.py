@@ -9,6 +9,9 @@ already listening socket inherited as descriptor 3, ``systemd://`` every socket 
 (socket activation) and ``systemd://NAME`` those with that ``FileDescriptorName=``. Both serve
 plain HTTP unless ``?tls`` follows. ``unix:/run/app.sock?mode=0660`` sets the socket file's mode.
 
+``?proxy=required|optional|off`` on any of these (not on ``queue:``) turns the PROXY protocol on
+or off for that endpoint alone, overriding ``--proxy-protocol``: ``http://0.0.0.0:8080?proxy=required``.
+
 ``queue:/run/tiercel/api.queue`` is a request delegation queue (core/delegation.py): a
 SOCK_SEQPACKET unix socket on which front servers hand over connections (``?mode=`` as unix:).
 """
@@ -16,7 +19,7 @@ SOCK_SEQPACKET unix socket on which front servers hand over connections (``?mode
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -35,6 +38,7 @@ class Endpoint:
     unix_mode: int | None = None  # unix:/path?mode=0660: the socket file's permission bits
     fd: int | None = None  # fd://N: the inherited descriptor
     systemd_name: str | None = None  # systemd://NAME; "" means every socket systemd passed
+    proxy: str | None = None  # ?proxy=required|optional|off; None follows --proxy-protocol
 
     def bind_hosts(self) -> list[str]:
         if self.kind == "localhost":
@@ -50,10 +54,17 @@ def _bad(url: str, why: str) -> ConfigError:
 
 def parse_url(url: str) -> Endpoint:
     text = url.strip()
-    if text.startswith("unix:"):
-        return _parse_unix(url, text[5:])
     if text.startswith("queue:"):
         return _parse_queue(url, text[6:])
+    # ?proxy= is the one option every other kind takes; the kind's own parser sees the rest.
+    text, proxy = _take_proxy_option(url, text)
+    endpoint = _parse_url_without_proxy(url, text)
+    return endpoint if proxy is None else replace(endpoint, proxy=proxy)
+
+
+def _parse_url_without_proxy(url: str, text: str) -> Endpoint:
+    if text.startswith("unix:"):
+        return _parse_unix(url, text[5:])
     if text.lower().startswith("fd:"):
         return _parse_fd(url, text[3:])
     if text.lower().startswith("systemd:"):
@@ -65,7 +76,10 @@ def parse_url(url: str) -> Endpoint:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise _bad(url, "the scheme must be http://, https://, unix: or queue:")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
+    if parts.query:
+        option = parts.query.partition("&")[0].partition("=")[0]
+        raise _bad(url, f"unknown option {option!r}; an {scheme}:// URL takes only ?proxy=")
+    if parts.path not in ("", "/") or parts.fragment:
         raise _bad(url, "a listen URL cannot have a path; use --root-path for a path base")
     netloc = parts.netloc
     if "@" in netloc:
@@ -116,6 +130,35 @@ def parse_url(url: str) -> Endpoint:
     return Endpoint(url, scheme, str(address), port, "ip")
 
 
+# -- ?proxy=: the PROXY protocol on one endpoint ---------------------------------------------------
+
+PROXY_MODES = ("required", "optional", "off")
+
+
+def _take_proxy_option(url: str, text: str) -> tuple[str, str | None]:
+    """``http://h:80?proxy=required`` -> (``http://h:80``, "required"); other options stay."""
+    body, question, query = text.partition("?")
+    if not question:
+        return text, None
+    kept: list[str] = []
+    proxy: str | None = None
+    for item in query.split("&"):
+        key, _, value = item.partition("=")
+        if key != "proxy":
+            kept.append(item)
+            continue
+        if proxy is not None:
+            raise _bad(url, "option 'proxy' is given twice")
+        if value not in PROXY_MODES:
+            raise _bad(
+                url,
+                f"?proxy={value} is not a PROXY protocol mode; write ?proxy=required, "
+                "?proxy=optional or ?proxy=off",
+            )
+        proxy = value
+    return (body + "?" + "&".join(kept) if kept else body), proxy
+
+
 # -- sockets from outside: fd://N, systemd://[NAME], unix:/path?mode=NNNN ------------------------
 
 # systemd's own rule for FileDescriptorName=: printable ASCII without ':' (the list separator).
@@ -131,7 +174,7 @@ def _split_options(url: str, text: str, allowed: tuple[str, ...]) -> tuple[str, 
     for item in query.split("&"):
         key, _, value = item.partition("=")
         if key not in allowed:
-            known = ", ".join(f"?{name}" for name in allowed)
+            known = ", ".join(f"?{name}" for name in (*allowed, "proxy="))
             raise _bad(url, f"unknown option {key!r}; this kind of URL takes {known}")
         if key in options:
             raise _bad(url, f"option {key!r} is given twice")
@@ -166,7 +209,13 @@ def _parse_unix(url: str, rest: str) -> Endpoint:
 
 def _parse_queue(url: str, rest: str) -> Endpoint:
     """``queue:/path[?mode=0660]``: where front servers hand this server their connections."""
-    path = rest.partition("?")[0]
+    path, _, query = rest.partition("?")
+    if any(item.partition("=")[0] == "proxy" for item in query.split("&")):
+        raise _bad(
+            url,
+            "a queue takes no ?proxy=: the front server reads the PROXY header and hands over "
+            "the client's address",
+        )
     if not path.startswith("/") or not path.strip("/"):
         raise _bad(url, "a queue needs an absolute path, e.g. queue:/run/tiercel/api.queue")
     unix = _parse_unix(url, rest)

@@ -120,3 +120,7 @@ class ServerContext:
     def record_rejection(self, rejection: Rejection) -> None:
         self.rejections[rejection.reason] += 1
         self.observer.request_rejected(rejection)
+
+    def rejection_counts(self) -> dict[str, int]:
+        """A snapshot of ``rejections`` (requests refused before the app, by reason)."""
+        return dict(self.rejections)

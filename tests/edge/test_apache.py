@@ -1,6 +1,7 @@
 """tiercel behind a real Apache httpd: mod_proxy_http over HTTP/1.1 (it adds X-Forwarded-For,
 -Host and -Server by itself) and mod_proxy_http2 with ``ProxyPass /h2/ h2c://...`` (HTTP/2
-with prior knowledge to tiercel's cleartext listener)."""
+with prior knowledge to tiercel's cleartext listener). Apache does not send X-Forwarded-Prefix
+itself: mod_headers adds it where a sub-path is proxied to tiercel's root."""
 
 from __future__ import annotations
 
@@ -35,8 +36,17 @@ LoadModule authz_core_module {modules}/mod_authz_core.so
 LoadModule proxy_module {modules}/mod_proxy.so
 LoadModule proxy_http_module {modules}/mod_proxy_http.so
 LoadModule proxy_http2_module {modules}/mod_proxy_http2.so
+LoadModule headers_module {modules}/mod_headers.so
 
+ProxyPass /h2/app/ h2c://127.0.0.1:{tiercel}/
+<Location /h2/app/>
+  RequestHeader set X-Forwarded-Prefix /h2/app
+</Location>
 ProxyPass /h2/ h2c://127.0.0.1:{tiercel}/
+ProxyPass /app/ http://127.0.0.1:{tiercel}/
+<Location /app/>
+  RequestHeader set X-Forwarded-Prefix /app
+</Location>
 ProxyPass /distrustful/ http://127.0.0.1:{distrustful}/
 ProxyPass / http://127.0.0.1:{tiercel}/
 """
@@ -87,6 +97,19 @@ def test_app_sees_the_client_and_host_apache_saw(site: Site, prefix: str, versio
     assert answer["headers"]["x-original-host"] == f"127.0.0.1:{answer['server'][1]}"
     assert answer["scheme"] == "http"
     assert answer["path"] == "/where"
+    assert answer["root_path"] == ""
+
+
+@pytest.mark.parametrize(("prefix", "version"), [("/app", "1.1"), ("/h2/app", "2")])
+def test_forwarded_prefix_becomes_the_root_path(site: Site, prefix: str, version: str) -> None:
+    with client() as http:
+        answer = seen(http.get(f"http://127.0.0.1:{site.port}{prefix}/items/7", headers=APP_HOST))
+    assert answer["http_version"] == version
+    assert answer["root_path"] == prefix
+    assert answer["path"] == f"{prefix}/items/7"  # ASGI's path includes root_path
+    assert answer["headers"]["x-original-prefix"] == ""  # Apache stripped the prefix
+    assert answer["client"] == [CLIENT_ADDRESS, 0]
+    assert answer["host"] == "app.example"
 
 
 def test_post_body_passes_intact_over_h2c(site: Site) -> None:

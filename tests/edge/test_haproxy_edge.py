@@ -4,7 +4,8 @@ that requires the PROXY protocol. HAProxy's h2 sends ``:scheme https`` even over
 (haproxy/haproxy#77, by design), which tiercel refuses like Kestrel unless
 ``--allow-alternate-schemes``; X-Forwarded-Proto then gives the app the real scheme. The PROXY
 header bytes and their TLVs are checked in tests/proxy_protocol/test_haproxy.py; here the point
-is the command line a deployment uses."""
+is the command line a deployment uses. HAProxy strips a ``/app`` prefix itself (``replace-path``)
+and names it in X-Forwarded-Prefix, to tiercel over h2 and, from a second frontend, over h1."""
 
 from __future__ import annotations
 
@@ -38,9 +39,21 @@ frontend web
   option forwardfor
   http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}
   http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}
+  http-request set-header X-Forwarded-Prefix /app if {{ path_beg /app/ }}
+  http-request replace-path ^/app(/.*) \\1
   default_backend tiercel
 backend tiercel
   server s1 127.0.0.1:{forwarded} proto h2
+
+frontend web_h1
+  bind 127.0.0.1:{h1}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Prefix /app if {{ path_beg /app/ }}
+  http-request replace-path ^/app(/.*) \\1
+  default_backend tiercel_h1
+backend tiercel_h1
+  server s1 127.0.0.1:{forwarded}
 
 frontend strict_scheme
   bind 127.0.0.1:{strict}
@@ -113,7 +126,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     }
     fronts = {
         name: free_port()
-        for name in ("http", "https", "strict", "pp", "untrusted_fwd", "untrusted_pp")
+        for name in ("http", "https", "h1", "strict", "pp", "untrusted_fwd", "untrusted_pp")
     }
     with contextlib.ExitStack() as stack:
         servers = {
@@ -145,6 +158,27 @@ def test_forwardfor_over_h2(site: Site, scheme: str) -> None:
     assert answer["scheme"] == scheme
     assert answer["host"] == "app.example"
     assert answer["headers"]["x-original-for"].startswith(f"{PROXY_ADDRESS}:")
+    assert answer["path"] == "/where"
+    assert answer["root_path"] == ""
+
+
+@pytest.mark.parametrize(
+    ("front", "scheme", "version"),
+    [("http", "http", "2"), ("https", "https", "2"), ("h1", "http", "1.1")],
+)
+def test_forwarded_prefix_becomes_the_root_path(
+    site: Site, front: str, scheme: str, version: str
+) -> None:
+    with client(site.tls) as http:
+        url = f"{scheme}://127.0.0.1:{site.ports[front]}/app/items/7"
+        answer = seen(http.get(url, headers=APP_HOST))
+    assert answer["http_version"] == version
+    assert answer["root_path"] == "/app"
+    assert answer["path"] == "/app/items/7"  # ASGI's path includes root_path
+    assert answer["headers"]["x-original-prefix"] == ""  # HAProxy stripped the prefix
+    assert answer["scheme"] == scheme
+    assert answer["client"] == [CLIENT_ADDRESS, 0]
+    assert answer["host"] == "app.example"
 
 
 def test_host_filtering_behind_haproxy(site: Site) -> None:

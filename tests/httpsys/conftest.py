@@ -33,14 +33,17 @@ def windows_python() -> list[str]:
 
 @pytest.fixture
 def httpsys(windows_python: list[str]) -> Iterator[Callable[..., HttpSysProcess]]:
-    """``httpsys(APP, *flags, path="/")`` starts a server and waits until it listens."""
+    """``httpsys(APP, *flags, path="/", base=None)`` starts a server and waits until it
+    listens; ``base`` is ``scheme://host:port`` (default: a free http port on 127.0.0.1)."""
     started: list[HttpSysProcess] = []
 
-    def start(app: str, *extra: str, path: str | tuple[str, ...] = "/") -> HttpSysProcess:
+    def start(
+        app: str, *extra: str, path: str | tuple[str, ...] = "/", base: str | None = None
+    ) -> HttpSysProcess:
         # One server at a time: Wine's wildcard routing confuses neighbouring ports.
         for earlier in started:
             earlier.kill()
-        server = HttpSysProcess(windows_python, app, path, *extra)
+        server = HttpSysProcess(windows_python, app, path, *extra, base=base)
         started.append(server)
         return server.wait_listening()
 

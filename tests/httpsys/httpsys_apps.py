@@ -110,3 +110,26 @@ async def pathsend(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert "http.response.pathsend" in scope["extensions"]
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.pathsend", "path": __file__})
+
+
+_cacheable_calls = 0
+
+
+async def cacheable(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """A response the kernel cache may keep; its body counts how often the app was called."""
+    global _cacheable_calls
+    if scope["type"] != "http":
+        return
+    await _body(receive)
+    _cacheable_calls += 1
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"cache-control", b"public, max-age=60"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"call %d" % _cacheable_calls})

@@ -64,12 +64,19 @@ class HttpSysProcess:
     """``python -m tiercel.apps.cli APP --adapter httpsys ...`` in the Windows interpreter."""
 
     def __init__(
-        self, command: list[str], app: str, paths: str | tuple[str, ...], *extra: str
+        self,
+        command: list[str],
+        app: str,
+        paths: str | tuple[str, ...],
+        *extra: str,
+        base: str | None = None,
     ) -> None:
-        self.port = free_port()
+        """``base`` (``scheme://host:port``) is for a binding made beforehand, like an https one
+        with its certificate; by default a free http port on 127.0.0.1."""
         # Wine routes by the Host header only and never answers a mismatch, so the URL names
         # the exact host the client sends.
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.base = base.rstrip("/") if base else f"http://127.0.0.1:{free_port()}"
+        self.port = int(self.base.rsplit(":", 1)[1])
         paths = (paths,) if isinstance(paths, str) else paths
         self.prefix = ";".join(f"{self.base}{path}" for path in paths)
         self.argv = [

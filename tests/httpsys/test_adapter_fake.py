@@ -36,6 +36,8 @@ class FakeHttpApi:
         self.sent: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.bodies: dict[int, list[bytes]] = {}
+        self.group_properties: dict[int, Any] = {}  # property -> what was set, decoded
+        self.queue_properties: dict[int, int] = {}
         self._packets: queue.Queue[tuple[int, int, int, int]] = queue.Queue()
         self._receives: list[tuple[Any, Any, int]] = []  # (overlapped, buffer, size)
         self._next_id = 100
@@ -74,6 +76,27 @@ class FakeHttpApi:
 
     def HttpAddUrlToUrlGroup(self, group, url, context, reserved) -> int:
         self.calls.append(f"HttpAddUrlToUrlGroup {url} {context}")
+        return 0
+
+    def HttpSetUrlGroupProperty(self, group, prop, info, size) -> int:
+        self.calls.append(f"HttpSetUrlGroupProperty {prop}")
+        structure = info._obj
+        assert ctypes.sizeof(structure) == size
+        if prop == b.HttpServerQosProperty:
+            limit = b.HTTP_CONNECTION_LIMIT_INFO.from_address(structure.QosSetting)
+            decoded = (structure.QosType, limit.Flags.Present, limit.MaxConnections)
+            self.group_properties[prop] = decoded
+        elif prop == b.HttpServerAuthenticationProperty:
+            self.group_properties[prop] = structure.AuthSchemes
+        return 0
+
+    def HttpSetRequestQueueProperty(  # noqa: PLR0917
+        self, q, prop, info, size, reserved, reserved2
+    ) -> int:
+        assert q == QUEUE_HANDLE
+        assert size == 4
+        self.calls.append(f"HttpSetRequestQueueProperty {prop}")
+        self.queue_properties[prop] = info._obj.value
         return 0
 
     # -- the completion port --------------------------------------------------------------
@@ -384,3 +407,51 @@ def test_attaching_to_a_named_queue_registers_no_urls(mode):
 
     serve(api, scenario, request_queue_name="shared", request_queue_mode=mode)
     assert not any(c.startswith("HttpAddUrlToUrlGroup") for c in api.calls)
+
+
+def started_with(**httpsys: Any) -> FakeHttpApi:
+    """The calls a server makes when it starts and stops with these options."""
+    api = FakeHttpApi(entity_body=True)
+
+    async def nothing(server: HttpSysServer) -> None:
+        return None
+
+    serve(api, nothing, **httpsys)
+    return api
+
+
+@pytest.mark.parametrize(("max_connections", "expected"), [(50, 50), (-1, 0xFFFFFFFF)])
+def test_max_connections_sets_the_qos_connection_limit(max_connections, expected):
+    api = started_with(max_connections=max_connections)
+    assert api.group_properties[b.HttpServerQosProperty] == (
+        b.HttpQosSettingTypeConnectionLimit,
+        1,  # Flags.Present
+        expected,
+    )
+    default = started_with()
+    assert b.HttpServerQosProperty not in default.group_properties  # the machine-wide setting
+
+
+def test_the_request_queue_limit_and_503_verbosity_are_queue_properties():
+    api = started_with(request_queue_limit=42, http503_verbosity="full")
+    assert api.queue_properties == {
+        b.HttpServerQueueLengthProperty: 42,
+        b.HttpServer503VerbosityProperty: 2,  # Http503ResponseVerbosityFull
+    }
+    limited = started_with(http503_verbosity="limited")
+    assert limited.queue_properties == {b.HttpServer503VerbosityProperty: 1}
+    # The defaults (HTTP.sys's own limit of 1000, basic 503) set nothing, so Wine can run them.
+    assert started_with().queue_properties == {}
+
+
+def test_with_response_caching_off_no_cache_policy_is_passed():
+    for enabled, expected in ((True, 30), (False, None)):
+        api = FakeHttpApi(entity_body=True)
+
+        async def scenario(server: HttpSysServer, api: FakeHttpApi = api) -> None:
+            api.push("GET", b"/cacheable")  # the app answers Cache-Control: public, max-age=30
+            (sent,) = await responses(api, 1)
+            assert sent["status"] == 200
+
+        serve(api, scenario, enable_response_caching=enabled)
+        assert api.sent[0]["cache"] == expected, enabled

@@ -7,8 +7,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import ssl
 import subprocess
 import threading
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -285,3 +287,70 @@ def test_anonymous_requests_get_a_negotiate_challenge(httpsys):
     status, headers, _ = request(server.port, "GET", "/")
     assert status == 401
     assert header(headers, "www-authenticate") == ["Negotiate", "NTLM"]
+
+
+# Wine 8's http.sys answers every repeat through the app: checked by running the cache test
+# unskipped under Wine ("call 1", "call 2", "call 3" for three GETs of one URL).
+@skip_under_wine(
+    "HttpSendHttpResponse accepts the cache policy but ignores it, so every repeat reaches the "
+    "app; the cache calls (HttpFlushResponseCache, HttpAddFragmentToCache, "
+    "HttpReadFragmentFromCache) are stubs that abort the process"
+)
+def test_the_kernel_cache_serves_repeats_without_calling_the_app(httpsys):
+    server = httpsys("httpsys_apps:cacheable")
+    # No query string: HTTP.sys does not cache responses to URLs that have one.
+    first = request(server.port, "GET", "/cached")
+    second = request(server.port, "GET", "/cached")
+    assert first[0] == second[0] == 200
+    assert header(second[1], "cache-control") == ["public, max-age=60"]
+    assert first[2] == second[2] == b"call 1"  # the kernel answered the repeat
+    assert request(server.port, "GET", "/another")[2] == b"call 2"  # another URL, another entry
+
+
+def test_with_the_response_cache_off_every_request_reaches_the_app(httpsys):
+    server = httpsys("httpsys_apps:cacheable", "--httpsys-no-response-cache")
+    bodies = [request(server.port, "GET", "/cached")[2] for _ in range(2)]
+    assert bodies == [b"call 1", b"call 2"]
+
+
+HTTPS_URL = os.environ.get("TIERCEL_HTTPSYS_HTTPS_URL", "")
+HTTPS_CAFILE = os.environ.get("TIERCEL_HTTPSYS_HTTPS_CAFILE", "")
+HTTPS_SETUP = (
+    "bind a certificate from LocalMachine\\My with "
+    "'netsh http add sslcert ipport=127.0.0.1:44300 certhash=THUMBPRINT "
+    "appid={00000000-0000-0000-0000-000000000000}', then set "
+    "TIERCEL_HTTPSYS_HTTPS_URL=https://127.0.0.1:44300/ (and TIERCEL_HTTPSYS_HTTPS_CAFILE to a "
+    "PEM of its issuer to verify it); see docs/httpsys.md"
+)
+
+
+@skip_under_wine("HttpAddUrlToUrlGroup refuses https:// URLs (Win32 error 1): http.sys has no TLS")
+def test_https_through_a_bound_certificate(httpsys):
+    if not HTTPS_URL:
+        pytest.skip(f"needs a certificate binding: {HTTPS_SETUP}")
+    parts = urllib.parse.urlsplit(HTTPS_URL)
+    if parts.scheme != "https" or not parts.hostname or not parts.port:
+        pytest.fail(
+            f"TIERCEL_HTTPSYS_HTTPS_URL must be https://HOST:PORT/ (got {HTTPS_URL!r})",
+            pytrace=False,
+        )
+    server = httpsys("httpsys_apps:echo", base=f"https://{parts.hostname}:{parts.port}")
+    if HTTPS_CAFILE:
+        context = ssl.create_default_context(cafile=HTTPS_CAFILE)
+    else:  # a self-signed test certificate: TLS is still negotiated, just not authenticated
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    connection = http.client.HTTPSConnection(
+        parts.hostname, parts.port, context=context, timeout=20
+    )
+    status, _, data = request(server.port, "POST", "/secure?x=1", body=b"over tls",
+                              connection=connection)  # fmt: skip
+    connection.close()
+    assert status == 200
+    seen = json.loads(data)
+    assert seen["scheme"] == "https"
+    assert seen["path"] == "/secure"
+    assert seen["query_string"] == "x=1"
+    assert seen["body_head"] == "over tls"
+    assert seen["server"][1] == parts.port
