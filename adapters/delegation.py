@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import errno
 import logging
 import os
@@ -23,7 +24,7 @@ import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from tiercel.core.delegation import (
     HANDOFF_MAX_SIZE,
@@ -162,6 +163,32 @@ def drop_bad_handoff(queue_url: str, error: HandoffError) -> None:
     log.warning("%s: dropped a packet that is not a tiercel handoff: %s", queue_url, error)
 
 
+class _Pending(enum.Enum):
+    # What ``next_handoff`` returns when nothing can be read yet: the caller waits its
+    # runtime's way (readable socket, timeout) and asks again.
+    WOULD_BLOCK = enum.auto()
+
+
+WOULD_BLOCK = _Pending.WOULD_BLOCK
+
+
+def next_handoff(
+    conn: socket.socket, queue_url: str
+) -> tuple[Handoff, socket.socket] | Literal[_Pending.WOULD_BLOCK] | None:
+    """One step of every runtime's reader: the next handoff, ``WOULD_BLOCK``, or None when
+    the front has gone (closed, or the connection failed). Bad packets are logged and
+    skipped."""
+    while True:
+        try:
+            return take_handoff(conn)
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            return WOULD_BLOCK
+        except HandoffError as error:
+            drop_bad_handoff(queue_url, error)
+        except OSError:
+            return None
+
+
 def refuse_front(queue_url: str, conn: socket.socket) -> bool:
     """Close a front's connection that fails ``peer_refusal``; True when it was refused."""
     refusal = peer_refusal(conn)
@@ -198,10 +225,8 @@ async def _read_queue_asyncio(conn: socket.socket, queue_url: str, adopt: Adopt)
     loop = asyncio.get_running_loop()
     conn.setblocking(False)
     try:
-        while True:
-            try:
-                taken = take_handoff(conn)
-            except (BlockingIOError, InterruptedError):
+        while (taken := next_handoff(conn, queue_url)) is not None:
+            if taken is WOULD_BLOCK:
                 readable: asyncio.Future[None] = loop.create_future()
                 loop.add_reader(conn.fileno(), _set_done, readable)
                 try:
@@ -209,13 +234,6 @@ async def _read_queue_asyncio(conn: socket.socket, queue_url: str, adopt: Adopt)
                 finally:
                     loop.remove_reader(conn.fileno())
                 continue
-            except HandoffError as error:
-                drop_bad_handoff(queue_url, error)
-                continue
-            except OSError:
-                return
-            if taken is None:
-                return
             await adopt(*taken)
     finally:
         conn.close()
@@ -244,19 +262,10 @@ async def _read_queue_trio(conn: socket.socket, queue_url: str, adopt: Adopt) ->
 
     conn.setblocking(False)
     with conn:
-        while True:
-            try:
-                taken = take_handoff(conn)
-            except (BlockingIOError, InterruptedError):
+        while (taken := next_handoff(conn, queue_url)) is not None:
+            if taken is WOULD_BLOCK:
                 await trio.lowlevel.wait_readable(conn)
                 continue
-            except HandoffError as error:
-                drop_bad_handoff(queue_url, error)
-                continue
-            except OSError:
-                return
-            if taken is None:
-                return
             await adopt(*taken)
 
 
@@ -272,15 +281,9 @@ def read_queue_blocking(
     conn.settimeout(poll)
     with conn:
         while not stopping():
-            try:
-                taken = take_handoff(conn)
-            except (TimeoutError, BlockingIOError, InterruptedError):
-                continue
-            except HandoffError as error:
-                drop_bad_handoff(queue_url, error)
-                continue
-            except OSError:
-                return
+            taken = next_handoff(conn, queue_url)
             if taken is None:
                 return
+            if taken is WOULD_BLOCK:
+                continue  # the poll timed out: check ``stopping``, then read again
             adopt(*taken)

@@ -124,3 +124,15 @@ class ChunkedFraming:
                     # Never valid as trailers (RFC 9110 6.5.1); h11 refuses most of their values.
                     raise _bad("a framing field (Content-Length, Transfer-Encoding) as trailer")
         return position
+
+
+# -- writing: the framing a response body needs when the server frames it itself ------------
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk_frame(data: bytes) -> list[bytes]:
+    """One piece of a chunked body as [size line, data, CRLF]; nothing for empty data (an
+    empty chunk would end the body). Used where bytes are framed outside a codec (HTTP.sys
+    leaves a streamed response's framing to the server)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"] if data else []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .config import Limits
 from .errors import LocalProtocolError, RemoteProtocolError
-from .http1_chunked import ChunkedFraming
+from .http1_chunked import LAST_CHUNK, ChunkedFraming
 from .http1_codec import CLOSED, END_OF_BODY, NEED_DATA, PAUSED, BodyData, CodecEvent, Headers
 from .http1_head import RequestHead, find_head_end, parse_head
 from .status import STATUS_LINES_11, reason_phrase
@@ -254,7 +254,7 @@ class FastCodec:
         framing = self._framing
         if framing == _CHUNKED:
             if not trailers:
-                return b"0\r\n\r\n"
+                return LAST_CHUNK
             lines = [b"0\r\n"]
             for name, value in trailers:
                 lines += [name, b": ", value, b"\r\n"]

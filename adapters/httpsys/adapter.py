@@ -47,6 +47,7 @@ from tiercel.core.asgi import ADDRESSES_EXTENSION, FILE_EXTENSIONS, AsgiHttpCycl
 from tiercel.core.context import TransportInfo
 from tiercel.core.errors import ConfigError, LocalProtocolError
 from tiercel.core.files import FileSegment
+from tiercel.core.http1_chunked import LAST_CHUNK, chunk_frame
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.url_prefixes import PrefixTable, UrlPrefix
 
@@ -56,11 +57,9 @@ from ..sockets import BindError
 from . import binding as b
 from .binding import HttpApi, HttpApiError
 from .marshal import (
-    LAST_CHUNK,
     EntityChunks,
     ParsedRequest,
     ResponseBuffers,
-    chunk_frame,
     kernel_cache_seconds,
     parse_request,
 )

@@ -342,14 +342,6 @@ def read_chunks(count: int, address: int | None) -> bytes:
 # -- framing and caching rules -----------------------------------------------------------------
 
 
-def chunk_frame(data: bytes) -> list[bytes]:
-    """HTTP/1.1 chunked framing for one piece of a streamed body (HTTP.sys leaves it to us)."""
-    return [b"%x\r\n" % len(data), data, b"\r\n"] if data else []
-
-
-LAST_CHUNK = b"0\r\n\r\n"
-
-
 def kernel_cache_seconds(
     method: str, status: int, headers: Headers, wall_time: float
 ) -> int | None:

@@ -15,10 +15,8 @@ import pytest
 from httpsys_harness import FakeKernel
 from tiercel.adapters.httpsys import binding as b
 from tiercel.adapters.httpsys.marshal import (
-    LAST_CHUNK,
     EntityChunks,
     ResponseBuffers,
-    chunk_frame,
     kernel_cache_seconds,
     parse_request,
     read_chunks,
@@ -26,6 +24,7 @@ from tiercel.adapters.httpsys.marshal import (
 )
 from tiercel.adapters.httpsys.options import HttpSysOptions, parse_url_prefixes
 from tiercel.core.errors import ConfigError
+from tiercel.core.http1_chunked import LAST_CHUNK, chunk_frame
 
 HOST, CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT = 28, 11, 12, 40
 
