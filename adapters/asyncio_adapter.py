@@ -16,7 +16,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
 
@@ -35,8 +35,9 @@ from tiercel.core.asgi import (
 from tiercel.core.connection import EngineConnection, open_connection
 from tiercel.core.context import ServerContext, TransportInfo
 from tiercel.core.delegation import Handoff
-from tiercel.core.events import ConnectionDelegated, Event, RequestReceived
+from tiercel.core.events import ConnectionDelegated, Event, RequestReceived, StreamUpdated
 from tiercel.core.files import FileSegment
+from tiercel.core.flush import ABORT, CLOSE, KEEP_READING
 from tiercel.core.stream import ClientDisconnected, HttpStream
 from tiercel.core.wsgi import WsgiCycle, WsgiErrors
 
@@ -162,33 +163,38 @@ class _Connection(asyncio.Protocol):
         transport = self._transport
         if conn is None or transport is None:
             return
+        events, data, action, deadline = conn.flush()
+        if events and self._dispatch(events):
+            events, data, action, deadline = conn.flush()  # dispatching changed the engine
         if self._closed:
-            if conn.should_abort:
+            if action == ABORT:
                 self._abort_transport(transport)
             return
-        events = conn.pop_events()
-        if events:
-            self._dispatch(events)
-        if conn.should_abort:
+        if action == ABORT:
             self._closed = True
             self._abort_transport(transport)
             return
-        data = conn.data_to_send()
         if data:
-            transport.write(data)
-        if conn.should_close:
+            if type(data) is bytes:
+                transport.write(data)
+            else:
+                transport.writelines(data)  # a large body after its head, not copied
+        if action == CLOSE:
             self._closed = True
             self._close_gracefully(transport)
-            self._arm_timer()  # the last flush is bounded by the engine's write deadline
-            return
-        wants_read = conn.wants_read
-        if wants_read != self._reading:
-            self._reading = wants_read
-            if wants_read:
-                transport.resume_reading()
-            else:
-                transport.pause_reading()
-        self._arm_timer()
+        else:
+            reading = action == KEEP_READING
+            if reading != self._reading:
+                self._reading = reading
+                if reading:
+                    transport.resume_reading()
+                else:
+                    transport.pause_reading()
+        # Only move the timer earlier; a timer that fires early just re-arms. This keeps timer
+        # churn off the per-request path (the keep-alive deadline moves on every request). A
+        # closing connection's last flush is bounded by the engine's write deadline too.
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._set_timer(deadline)
 
     def _close_gracefully(self, transport: asyncio.Transport) -> None:
         """Lingering close: send FIN after the last bytes, then read and discard for a moment.
@@ -210,15 +216,14 @@ class _Connection(asyncio.Protocol):
     def _arm_timer(self) -> None:
         conn = self._conn
         deadline = conn.next_deadline() if conn is not None else None
-        if deadline is None:
-            return
-        # Only move the timer earlier; a timer that fires early just re-arms. This keeps timer
-        # churn off the per-request path (the keep-alive deadline moves on every request).
-        if self._timer is None or deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+            self._set_timer(deadline)
+
+    def _set_timer(self, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -231,16 +236,23 @@ class _Connection(asyncio.Protocol):
         self._dispatch(conn.on_timer(now))
         self._sync()
 
-    def _dispatch(self, events: list[Event]) -> None:
+    def _dispatch(self, events: Sequence[Event]) -> bool:
+        """Act on the engine's events; True when that may have changed the engine's state
+        (a delegation refused, an app that ran eagerly), so the caller flushes again."""
+        touched = False
         for event in events:
-            if type(event) is RequestReceived:
-                self._server.start_request(self, event.stream)
+            if type(event) is StreamUpdated:
+                waiters = self._waiters.pop(event.stream, None)
+                if waiters:
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_result(None)
+            elif type(event) is RequestReceived:
+                touched = self._server.start_request(self, event.stream) or touched
             elif type(event) is ConnectionDelegated:
                 self._hand_off(event)
-            else:
-                for waiter in self._waiters.pop(event.stream, ()):
-                    if not waiter.done():
-                        waiter.set_result(None)
+                touched = True
+        return touched
 
     def _hand_off(self, event: ConnectionDelegated) -> None:
         """Request delegation: the socket goes to the queue's server. Closing our descriptor
@@ -351,6 +363,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log_app_exception("ASGI", stream)
         finally:
+            server.tasks.pop(stream, None)
             problem = cycle.app_finished(loop.time())
             if problem:
                 log_app_problem(stream, problem)
@@ -453,6 +466,7 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log_app_exception("WSGI", stream)
         finally:
+            server.tasks.pop(stream, None)
             host.closed = True  # the app's thread may still run (cancelled): it touches nothing
             problem = cycle.app_finished(self._loop.time())
             if problem:
@@ -584,7 +598,9 @@ class AsyncioServer(ServesUntilStopped):
             time.time(),
         )
         self.connections: set[_Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        # The task running each request's app; it removes itself when the app is done (cheaper
+        # than a done-callback, and than asyncio.current_task(), which costs a getpid on 3.11).
+        self.tasks: dict[HttpStream, asyncio.Task[None]] = {}
         self.listeners: list[Listener] = []
         self.extensions: dict[str, Any] = {}
         self.interface = resolve_interface(app, options.interface)
@@ -685,13 +701,15 @@ class AsyncioServer(ServesUntilStopped):
                 self.endpoints.poll()  # certificate files changed: reload them
             await asyncio.sleep(1.0 - time.time() % 1.0)
 
-    def start_request(self, connection: _Connection, stream: HttpStream) -> None:
+    def start_request(self, connection: _Connection, stream: HttpStream) -> bool:
+        """Run the app for a request in its own task; True if that already changed the
+        engine's state (never, for a task that starts on the loop's next turn)."""
         if self.wsgi_pool is not None:
             task = self.loop.create_task(connection.run_wsgi(stream))
         else:
             task = self.loop.create_task(connection.run_asgi(self.app, stream))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks[stream] = task  # run_asgi and run_wsgi take themselves out
+        return False
 
     def _stop_queues(self) -> None:
         for task in self._queue_tasks:
@@ -725,7 +743,7 @@ class AsyncioServer(ServesUntilStopped):
             )
         for connection in list(self.connections):
             connection.abort()  # the busy ones, and any still lingering after their last bytes
-        request_tasks = [t for t in self.tasks if not t.done()]
+        request_tasks = [t for t in self.tasks.values() if not t.done()]
         for task in request_tasks:
             task.cancel()
         for task in request_tasks:

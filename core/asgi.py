@@ -19,6 +19,7 @@ from .files import (
     file_body_from_message,
     prepare_file_response,
 )
+from .headers import cached_header_facts
 from .stream import ClientDisconnected, HttpStream
 
 Message = dict[str, Any]
@@ -203,7 +204,9 @@ class AsgiHttpCycle:
             if stream.aborted_flag:
                 raise ClientDisconnected("the client has disconnected")
             stream.status = status
-            stream.response_headers = _headers(message.get("headers"))
+            given = message.get("headers")
+            known = cached_header_facts(given)  # checked before: skip the checks
+            stream.response_headers = list(known.headers) if known else _headers(given)
             self._trailers = bool(message.get("trailers", False))
             self._start_received = True
             return False

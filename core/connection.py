@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from .context import ServerContext, TransportInfo
 from .errors import ConfigError
 from .events import Event
+from .flush import Flush, FlushFromState
 from .http1 import Http1Protocol
 from .http2 import PREFACE, Http2Limits, Http2Protocol
 from .proxy_protocol import ProxyProtocolConnection, ProxyProtocolSettings
@@ -40,6 +41,11 @@ class EngineConnection(Protocol):
     def data_to_send(self) -> bytes: ...
 
     def pop_events(self) -> list[Event]: ...
+
+    def flush(self) -> Flush:
+        """All of the following at once: the events, the data, what to do with the
+        transport, and the next deadline (core/flush.py)."""
+        ...
 
     @property
     def wants_read(self) -> bool: ...
@@ -131,7 +137,7 @@ def _open(
     return PrefaceSniffer(context, transport, now, endpoint)
 
 
-class PrefaceSniffer:
+class PrefaceSniffer(FlushFromState):
     """Holds the first bytes of a cleartext connection until they show HTTP/2's preface or
     not, then hands everything to the chosen protocol and gets out of the way: its methods are
     rebound to the chosen protocol's, so later calls cost nothing extra."""

@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from .stream import HttpStream
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ goes through object.__setattr__, and one of these
+# is made for every request. Nothing changes them after the engine makes them.
+@dataclass(slots=True)
 class RequestReceived:
     stream: HttpStream
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StreamUpdated:
     stream: HttpStream
 

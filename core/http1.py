@@ -34,6 +34,7 @@ from .context import Rejection, ServerContext, TransportInfo
 from .delegation import Handoff
 from .errors import LocalProtocolError, RemoteProtocolError, RequestBodyTooLarge
 from .events import ConnectionDelegated, Event, RequestReceived, StreamUpdated
+from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, PAUSE_READING, VECTORED_FROM, Flush
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_codec import (
@@ -260,6 +261,55 @@ class Http1Protocol:
         events, self._events = self._events, []
         return events
 
+    def flush(self) -> Flush:
+        """``data_to_send``, ``pop_events``, the read/close/abort decision and
+        ``next_deadline`` in one call (core/flush.py); this runs after every engine call."""
+        if self._switched is not None:
+            return self._switched.flush()
+        events = self._events
+        if events:
+            self._events = []
+        else:
+            events = NO_EVENTS  # type: ignore[assignment]
+        if self._abort:
+            return events, b"", ABORT, None
+        out = self._out
+        data: bytes | list[bytes]
+        if not out:
+            data = b""
+        elif self._after_file is not None:
+            data = self._data_before_file()
+        elif len(out) == 1:
+            data = out[0]
+            out.clear()
+        elif sum(map(len, out)) < VECTORED_FROM:
+            data = b"".join(out)
+            out.clear()
+        else:  # a large body: written as it is, after its head, without copying it
+            data, self._out = out, []
+        phase = self.phase
+        if phase is Phase.CLOSED:
+            return events, data, CLOSE, self._write_deadline
+        if self._peer_closed:
+            action = PAUSE_READING
+        else:
+            buffered = self._codec.buffered_size
+            stream = self._stream
+            if stream is not None and phase is Phase.ACTIVE:
+                buffered += stream.body_buffered
+            action = (
+                KEEP_READING if buffered < self._limits.max_request_buffer_size else PAUSE_READING
+            )
+        deadline = self._phase_deadline
+        write = self._write_deadline
+        if write is not None and (deadline is None or write < deadline):
+            deadline = write
+        if self._rate_start is not None:
+            rate = self._body_rate_deadline()
+            if rate is not None and (deadline is None or rate < deadline):
+                deadline = rate
+        return events, data, action, deadline
+
     def _data_before_file(self) -> bytes:
         """While the adapter writes a file: only the bytes that precede it."""
         count, self._before_file = self._before_file, 0
@@ -431,8 +481,9 @@ class Http1Protocol:
         self._rate_start = None
         self._rate_paused_at = None
         self._chunked_response = False
-        self._enter(Phase.ACTIVE, None)
-        settings = self._h2c_settings(head)
+        self.phase = Phase.ACTIVE
+        self._phase_deadline = None
+        settings = self._h2c_settings(head) if head.upgrade is not None else None
         if settings is not None:
             # The request is answered over HTTP/2 once its body (if any) is read.
             self._upgrade_settings = settings
@@ -500,7 +551,7 @@ class Http1Protocol:
 
     def _h2c_settings(self, head: RequestHead) -> bytes | None:
         """The HTTP2-Settings value when this request may upgrade to h2c, else None."""
-        if self._h2c_upgrade is None:
+        if self._h2c_upgrade is None or head.upgrade is None:
             return None
         upgrade = settings = None
         tokens: list[bytes] = []
@@ -547,15 +598,28 @@ class Http1Protocol:
         fronts: list[Any] = list({id(x): x for x in (self, self.front)}.values())
         pending = [switching]
 
-        def first_data_to_send() -> bytes:
+        def unswitch() -> bytes:
             # The 101 goes out before HTTP/2's first frames, once; then h2 alone.
             for front in fronts:
                 front.data_to_send = h2.data_to_send
-            return (pending.pop() if pending else b"") + h2.data_to_send()
+                front.flush = h2.flush
+            return pending.pop() if pending else b""
+
+        def first_data_to_send() -> bytes:
+            return unswitch() + h2.data_to_send()
+
+        def first_flush() -> Flush:
+            switching = unswitch()
+            events, data, action, deadline = h2.flush()
+            if action == ABORT:
+                return events, data, action, deadline
+            joined = switching + data if type(data) is bytes else [switching, *data]
+            return events, joined, action, deadline
 
         for front in fronts:
             rebind(front, h2)
             front.data_to_send = first_data_to_send
+            front.flush = first_flush
         if leftover:
             h2.receive_data(leftover, self._now)
         self._enter(Phase.CLOSED, None)
@@ -719,38 +783,33 @@ class Http1Protocol:
     # -- internals: output --------------------------------------------------------------------
 
     def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
-        stream.begin_response()
-        status = stream.status
-        headers = stream.response_headers
-        has_date = has_server = has_length = False
-        for name, _ in headers:
-            lowered = name.lower()
-            if lowered == b"date":
-                has_date = True
-            elif lowered == b"server":
-                has_server = True
-            elif lowered in (b"content-length", b"transfer-encoding"):
-                has_length = True
+        facts = stream.begin_response()
+        context = self._context
         extra: Headers = []
-        if not has_date:
-            extra.append((b"date", self._context.date.value))
-        if not has_server and self._context.server_header:
-            extra.append((b"server", self._context.server_header))
+        if not facts.has_date:
+            extra.append((b"date", context.date.value))
+        if not facts.has_server and context.server_header:
+            extra.append((b"server", context.server_header))
         body_allowed = stream.body_allowed
+        has_length = (
+            facts.content_length is not None or facts.chunked or facts.framing_error is not None
+        )
         if end and not has_length and (body_allowed or (stream.method == "HEAD" and data)):
             # For HEAD, the length of the body the app produced (and we drop) is what GET
             # would have said.
-            extra.append((b"content-length", str(len(data)).encode()))
+            extra.append((b"content-length", b"%d" % len(data)))
         self._chunked_response = (
             not has_length and not end and body_allowed and stream.http_version == "1.1"
         )
         if self._shutting_down or self._closes_after(stream):
             extra.append((b"connection", b"close"))
-        reason = stream.reason.encode("latin-1") if stream.reason else reason_phrase(status)
+        status = stream.status
+        reason = stream.reason.encode("latin-1") if stream.reason else None
         stream.response_started = True
-        self._out.append(self._codec.send_response(status, reason, [*extra, *headers]))
+        codec = self._codec
+        self._out.append(codec.send_response(status, reason, stream.response_headers, extra, facts))
         if data and body_allowed:
-            self._out.append(self._codec.send_data(data))
+            self._out.append(codec.send_data(data))
             stream.bytes_sent += len(data)
 
     def _closes_after(self, stream: HttpStream) -> bool:
@@ -771,7 +830,9 @@ class Http1Protocol:
             stream.bytes_sent += len(data)
 
     def _response_done(self, stream: HttpStream, trailers: Headers | None = None) -> None:
-        self._out.append(self._codec.send_end(trailers))
+        ending = self._codec.send_end(trailers)
+        if ending:
+            self._out.append(ending)
         stream.response_complete = True
         self._context.observer.response_completed(stream)
         stream.run_on_completed()
@@ -800,8 +861,11 @@ class Http1Protocol:
             return
         self._codec.start_next_cycle()
         self._stream = None
-        self._enter(Phase.IDLE, self._now + self._limits.keep_alive_timeout)
-        if not self._answering_from_cache:
+        self.phase = Phase.IDLE
+        self._phase_deadline = self._now + self._limits.keep_alive_timeout
+        # Pipelined bytes wait in the codec; with none, there is nothing to pump (the peer's
+        # EOF closed the connection above).
+        if not self._answering_from_cache and self._codec.buffered_size:
             self._pump()
 
     # -- internals: failure -------------------------------------------------------------------

@@ -23,6 +23,7 @@ import h11
 
 from .config import Limits
 from .errors import LocalProtocolError, RemoteProtocolError
+from .headers import HeaderFacts
 from .http1_chunked import ChunkedFraming
 from .http1_head import RequestHead, find_head_end, parse_head
 from .status import reason_phrase
@@ -76,7 +77,16 @@ class Http1Codec(Protocol):
 
     def send_informational(self, status: int, headers: Headers) -> bytes: ...
 
-    def send_response(self, status: int, reason: bytes, headers: Headers) -> bytes: ...
+    def send_response(
+        self,
+        status: int,
+        reason: bytes | None,
+        headers: Headers,
+        extra: Headers,
+        facts: HeaderFacts,
+    ) -> bytes:
+        """The response head: ``extra`` (the engine's own headers) then the app's ``headers``,
+        which ``facts`` describes (core/headers.py). ``reason`` None: the standard phrase."""
 
     def send_data(self, data: bytes) -> bytes: ...
 
@@ -216,8 +226,21 @@ class H11Codec:
             )
         )
 
-    def send_response(self, status: int, reason: bytes, headers: Headers) -> bytes:
-        return self._send(h11.Response(status_code=status, headers=headers, reason=reason))
+    def send_response(
+        self,
+        status: int,
+        reason: bytes | None,
+        headers: Headers,
+        extra: Headers,
+        facts: HeaderFacts,
+    ) -> bytes:
+        return self._send(
+            h11.Response(
+                status_code=status,
+                headers=[*extra, *headers],
+                reason=reason_phrase(status) if reason is None else reason,
+            )
+        )
 
     def send_data(self, data: bytes) -> bytes:
         return self._send(h11.Data(data=data))

@@ -21,16 +21,16 @@ from __future__ import annotations
 
 from .config import Limits
 from .errors import LocalProtocolError, RemoteProtocolError
+from .headers import HeaderFacts
 from .http1_chunked import LAST_CHUNK, ChunkedFraming
 from .http1_codec import CLOSED, END_OF_BODY, NEED_DATA, PAUSED, BodyData, CodecEvent, Headers
-from .http1_head import RequestHead, find_head_end, parse_head
+from .http1_head import RequestHead, find_head_end, parse_head, parse_simple_head
 from .status import STATUS_LINES_11, reason_phrase
 
 _BODY_SLICE = 262_144
 
 # Response framing modes.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
-_FRAMING_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
 
 
 class FastCodec:
@@ -47,6 +47,7 @@ class FastCodec:
         "_response_done",
         "_response_left",
         "_scanned",
+        "_simple_head_limit",
     )
 
     def __init__(self, limits: Limits) -> None:
@@ -62,6 +63,9 @@ class FastCodec:
         self._response_done = False
         self._close_after = False
         self._scanned = 0  # bytes of a partial head already checked
+        self._simple_head_limit = (
+            min(limits.max_request_line_size, limits.max_request_headers_total_size) + 4
+        )
 
     # -- requests -------------------------------------------------------------------------
 
@@ -117,6 +121,13 @@ class FastCodec:
         inbox = self._inbox
         if not inbox:
             return CLOSED if self._eof else NEED_DATA
+        # A head that arrives whole takes the one-pass parser; one that trickles in is scanned
+        # incrementally by find_head_end (``_scanned``), so it never costs quadratic time.
+        blank = -1 if self._scanned else inbox.find(b"\r\n\r\n", 0, self._simple_head_limit)
+        if blank > 0 and (head := parse_simple_head(inbox, blank, self._limits)) is not None:
+            del inbox[: blank + 4]
+            self._scanned = 0
+            return self._begin(head)
         end = find_head_end(inbox, self._limits, self._scanned)
         if end == -1:
             self._scanned = len(inbox)
@@ -128,6 +139,9 @@ class FastCodec:
         self._scanned = 0
         head = parse_head(bytes(inbox[:end]), self._limits)
         del inbox[:end]
+        return self._begin(head)
+
+    def _begin(self, head: RequestHead) -> RequestHead:
         self._head = head
         if head.chunked:
             self._chunked = ChunkedFraming(self._limits.max_request_headers_total_size)
@@ -171,56 +185,57 @@ class FastCodec:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def send_response(self, status: int, reason: bytes, headers: Headers) -> bytes:
+    def send_response(
+        self,
+        status: int,
+        reason: bytes | None,
+        headers: Headers,
+        extra: Headers,
+        facts: HeaderFacts,
+    ) -> bytes:
         head = self._head
         if head is None:
             raise LocalProtocolError("no request to respond to")
-        length: int | None = None
-        chunked = False
+        if facts.framing_error is not None:
+            raise LocalProtocolError(facts.framing_error)
+        length = facts.content_length
+        chunked = facts.chunked
         # HTTP/1.0 keep-alive is not offered (as in h11): such a connection closes after one.
-        close = not head.keep_alive or head.http_version == b"1.0"
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered in _FRAMING_HEADERS:
-                if lowered == b"content-length":
-                    if not value.isdigit():
-                        raise LocalProtocolError(f"bad Content-Length {value!r} in the response")
-                    length = int(value)
-                elif lowered == b"transfer-encoding":
-                    if value.lower() != b"chunked":
-                        raise LocalProtocolError(
-                            "the only transfer coding tiercel can send is chunked"
-                        )
-                    chunked = True
-                elif b"close" in value.lower():
-                    close = True
-        extra: list[bytes] = []
+        close = not head.keep_alive or head.http_version == b"1.0" or facts.connection_close
+        if reason is None and status in STATUS_LINES_11:
+            lines = [STATUS_LINES_11[status]]
+        else:
+            lines = [
+                b"HTTP/1.1 %d %s\r\n"
+                % (status, reason_phrase(status) if reason is None else reason)
+            ]
+        for name, value in extra:  # the engine's own: date, server, content-length, connection
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection":
+                close = True
+                continue  # written below, once
+            lines += [name, b": ", value, b"\r\n"]
         if head.method == b"HEAD" or status in (204, 304):
             self._framing = _NONE
         elif length is not None:
             self._framing = _LENGTH
             self._response_left = length
-        elif chunked and head.http_version == b"1.1":
-            self._framing = _CHUNKED
         elif head.http_version == b"1.1":
             self._framing = _CHUNKED
-            extra.append(b"transfer-encoding: chunked\r\n")
         else:
             self._framing = _UNTIL_CLOSE
             close = True
         self._close_after = close
-        if close:
-            extra.append(b"connection: close\r\n")
-        if reason == reason_phrase(status) and status in STATUS_LINES_11:
-            lines = [STATUS_LINES_11[status]]
+        if close and facts.has_connection:
+            for name, value in headers:
+                if name.lower() != b"connection":  # replaced by our own connection: close
+                    lines += [name, b": ", value, b"\r\n"]
         else:
-            lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        for name, value in headers:
-            if close and name.lower() == b"connection":
-                continue  # replaced by our own connection: close
-            lines += [name, b": ", value, b"\r\n"]
-        lines += extra
-        lines.append(b"\r\n")
+            lines.append(facts.lines)
+        if self._framing == _CHUNKED and not chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
         return b"".join(lines)
 
     def send_data(self, data: bytes) -> bytes:

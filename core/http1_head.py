@@ -28,6 +28,17 @@ _BAD_VALUE_BYTE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Request targets: visible ASCII only (RFC 9112 3.2, RFC 3986); '#' never appears in a target.
 _BAD_TARGET_BYTE = re.compile(rb"[^\x21-\x7e]|#")
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?")
+# A whole header section that needs no per-line checks: every line a token, a colon and a
+# value of VCHAR/obs-text with inner SP/HTAB, optional whitespace around it. Written so that it
+# cannot backtrack more than linearly (no two adjacent runs can match the same bytes).
+_FIELD_VALUE = rb"[ \t]*((?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?)[ \t]*\r\n"
+_FIELD = re.compile(rb"(" + _TOKEN + rb"):" + _FIELD_VALUE)
+_FIELDS = re.compile(rb"(?:" + _TOKEN + rb":" + _FIELD_VALUE.replace(b"((", b"(?:(") + rb")*")
+# A whole common head: method, origin-form target (visible ASCII but '#'), HTTP/1.0 or 1.1,
+# then header lines as _FIELDS accepts them.
+_SIMPLE_HEAD = re.compile(
+    rb"(" + _TOKEN + rb") (/[\x21\x22\x24-\x7e]*) HTTP/1\.([01])\r\n(" + _FIELDS.pattern + rb")\r\n"
+)
 _DIGITS = re.compile(rb"[0-9]{1,18}")
 _ABSOLUTE = re.compile(rb"([A-Za-z][A-Za-z0-9+\-.]*)://([^/?]*)([^?]*)(?:\?(.*))?", re.DOTALL)
 
@@ -48,6 +59,7 @@ class RequestHead:
     keep_alive: bool
     expect_continue: bool
     scheme_from_target: bytes | None = None  # set for absolute-form targets
+    upgrade: bytes | None = None  # the Upgrade header, if any (h2c)
 
     @property
     def has_body(self) -> bool:
@@ -55,7 +67,8 @@ class RequestHead:
 
     @property
     def path(self) -> str:
-        return unquote(self.raw_path.decode("latin-1"), errors="replace")
+        raw = self.raw_path.decode("latin-1")
+        return unquote(raw, errors="replace") if "%" in raw else raw
 
 
 def find_head_end(buffer: bytes | bytearray, limits: Limits, resume: int = 0) -> int:
@@ -123,15 +136,40 @@ def _bad(
     return RemoteProtocolError(message, status, reason, detail)
 
 
+_SPECIAL_FIELDS = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"connection", b"expect", b"upgrade")
+)
+
+
+def _checked_fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """Header lines that failed the one-pass check: find which line is wrong, and how."""
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines:
+        colon = line.find(b":")
+        if colon <= 0:
+            if line[:1] in (b" ", b"\t"):
+                raise _bad("obsolete line folding (a header line starting with whitespace)")
+            raise _bad("malformed header line (no field name and colon)")
+        name = line[:colon]
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise _bad("invalid header name (whitespace before the colon or a bad character)")
+        value = line[colon + 1 :].strip(b" \t")
+        if _BAD_VALUE_BYTE.search(value):
+            raise _bad("control character in a header value")
+        headers.append((name.lower(), value))
+    return headers
+
+
 def parse_head(head: bytes, limits: Limits) -> RequestHead:
     """Parse a complete head (as delimited by ``find_head_end``)."""
     start = 0
     while head.startswith(b"\r\n", start):
         start += 2
-    lines = head[start:-4].split(b"\r\n")
+    body = head[start:-4]
+    lines = body.split(b"\r\n")
     request_line = lines[0]
-    without_crlf = head[start:-4].replace(b"\r\n", b"")
-    if b"\n" in without_crlf or b"\r" in without_crlf:
+    line_breaks = len(lines) - 1
+    if body.count(b"\n") != line_breaks or body.count(b"\r") != line_breaks:
         raise _bad("bare CR or LF in the request head; lines must end with CRLF")
     match = _REQUEST_LINE.fullmatch(request_line)
     if match is None:
@@ -148,34 +186,52 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
             detail=f": {target.decode('latin-1')}",
         )
 
-    header_lines = lines[1:]
-    if len(header_lines) > limits.max_request_header_count:
+    if line_breaks > limits.max_request_header_count:
         raise _bad(
             f"more than {limits.max_request_header_count} request headers",
             431,
             "too_many_headers",
         )
-    headers: list[tuple[bytes, bytes]] = []
+    fields = head[start + len(request_line) + 2 : -2]
+    if _FIELDS.fullmatch(fields) is not None:
+        headers = [(name.lower(), value) for name, value in _FIELD.findall(fields)]
+    else:
+        headers = _checked_fields(lines[1:])
+    return _interpret(method, target, http_version, headers)
+
+
+def parse_simple_head(buffer: bytes | bytearray, end: int, limits: Limits) -> RequestHead | None:
+    """The common request in one pass: the head is ``buffer[:end + 4]`` (``end`` is where its
+    blank line starts), well within the limits, with an origin-form target and header lines
+    that need no closer look. None means the strict path (``find_head_end``, ``parse_head``)
+    must decide; it accepts everything this accepts and gives the precise error otherwise."""
+    if end >= limits.max_request_line_size or end >= limits.max_request_headers_total_size:
+        return None
+    match = _SIMPLE_HEAD.fullmatch(buffer, 0, end + 4)
+    if match is None:
+        return None
+    method, target, minor, fields = match.groups()
+    pairs = _FIELD.findall(fields)
+    if len(pairs) > limits.max_request_header_count:
+        return None
+    headers = [(name.lower(), value) for name, value in pairs]
+    return _interpret(method, target, b"1.1" if minor == b"1" else b"1.0", headers)
+
+
+def _interpret(
+    method: bytes, target: bytes, http_version: bytes, headers: list[tuple[bytes, bytes]]
+) -> RequestHead:
+    """The meaning of a syntactically valid head: framing, host, target form, keep-alive."""
     host: bytes | None = None
     host_count = 0
     content_length: int | None = None
     transfer_encoding: bytes | None = None
     connection_tokens: list[bytes] = []
     expect: bytes | None = None
-    for line in header_lines:
-        colon = line.find(b":")
-        if colon <= 0:
-            if line[:1] in (b" ", b"\t"):
-                raise _bad("obsolete line folding (a header line starting with whitespace)")
-            raise _bad("malformed header line (no field name and colon)")
-        name = line[:colon]
-        if _HEADER_NAME.fullmatch(name) is None:
-            raise _bad("invalid header name (whitespace before the colon or a bad character)")
-        value = line[colon + 1 :].strip(b" \t")
-        if _BAD_VALUE_BYTE.search(value):
-            raise _bad("control character in a header value")
-        name = name.lower()
-        headers.append((name, value))
+    upgrade: bytes | None = None
+    for name, value in headers:
+        if name not in _SPECIAL_FIELDS:
+            continue
         if name == b"host":
             host = value
             host_count += 1
@@ -193,6 +249,8 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
             connection_tokens.extend(t.strip(b" \t").lower() for t in value.split(b","))
         elif name == b"expect":
             expect = value.lower()
+        elif name == b"upgrade":
+            upgrade = value
 
     chunked = False
     if transfer_encoding is not None:
@@ -257,16 +315,17 @@ def parse_head(head: bytes, limits: Limits) -> RequestHead:
         expect_continue = True
 
     return RequestHead(
-        method=method,
-        target=target,
-        http_version=http_version,
-        headers=headers,
-        raw_path=raw_path,
-        query_string=query_string,
-        host=host,
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        expect_continue=expect_continue,
-        scheme_from_target=scheme_from_target,
+        method,
+        target,
+        http_version,
+        headers,
+        raw_path,
+        query_string,
+        host,
+        content_length,
+        chunked,
+        keep_alive,
+        expect_continue,
+        scheme_from_target,
+        upgrade,
     )

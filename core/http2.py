@@ -53,6 +53,7 @@ from .context import Rejection, ServerContext, TransportInfo
 from .errors import ConfigError, LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
 from .files import FileSegment
+from .flush import FlushFromState
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
@@ -170,7 +171,7 @@ class _RateWindow:
         return self.count
 
 
-class Http2Protocol:
+class Http2Protocol(FlushFromState):
     def __init__(
         self,
         context: ServerContext,

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import ConfigError, RemoteProtocolError
 from .events import Event
+from .flush import FlushFromState
 from .switching import rebind
 
 if TYPE_CHECKING:
@@ -468,7 +469,7 @@ def proxied_transport(transport: TransportInfo, header: ProxyHeader) -> Transpor
     )
 
 
-class ProxyProtocolConnection:
+class ProxyProtocolConnection(FlushFromState):
     """Reads the PROXY header in front of an endpoint's engine, then steps aside."""
 
     def __init__(

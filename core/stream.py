@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from .errors import LocalProtocolError
-from .headers import validate_response_headers
+from .headers import HeaderFacts, header_facts
 
 if TYPE_CHECKING:
     from .context import TransportInfo
@@ -154,8 +154,9 @@ class HttpStream:
         self.bytes_sent = 0
         # A file range handed to the adapter and not yet reported written (core/files.py).
         self.transmitting_file = False
-        self._on_starting: list[Callable[[], None]] = []
-        self._on_completed: list[Callable[[], None]] = []
+        # Made on first use: most requests register no callbacks.
+        self._on_starting: list[Callable[[], None]] | None = None
+        self._on_completed: list[Callable[[], None]] | None = None
 
     def __repr__(self) -> str:
         return f"<HttpStream {self.stream_id} {self.method} {self.raw_target!r}>"
@@ -233,19 +234,25 @@ class HttpStream:
     def on_starting(self, callback: Callable[[], None]) -> None:
         if self.response_started:
             raise LocalProtocolError("on_starting after the response has started")
+        if self._on_starting is None:
+            self._on_starting = []
         self._on_starting.append(callback)
 
     def on_completed(self, callback: Callable[[], None]) -> None:
+        if self._on_completed is None:
+            self._on_completed = []
         self._on_completed.append(callback)
 
     def run_on_starting(self) -> None:
         # ASP.NET runs these in reverse order of registration.
-        callbacks, self._on_starting = self._on_starting, []
+        callbacks, self._on_starting = self._on_starting or (), None
         for callback in reversed(callbacks):
             callback()
 
     def run_on_completed(self) -> None:
-        callbacks, self._on_completed = self._on_completed, []
+        if not self._on_completed:
+            return
+        callbacks, self._on_completed = self._on_completed, None
         for callback in reversed(callbacks):
             callback()
 
@@ -254,16 +261,17 @@ class HttpStream:
         """Whether the response may carry a body (not for HEAD, 204 or 304)."""
         return self.method != "HEAD" and self.status not in _NO_BODY_STATUSES
 
-    def begin_response(self) -> None:
+    def begin_response(self) -> HeaderFacts:
         """What every protocol does before the head goes out: run the on-starting callbacks
         (they may still change the response), then check the status and headers."""
-        self.run_on_starting()
+        if self._on_starting:
+            self.run_on_starting()
         status = self.status
         if not isinstance(status, int) or not 200 <= status <= 999:
             raise LocalProtocolError(
                 f"response status must be an int from 200 to 999 (got {status!r})"
             )
-        validate_response_headers(self.response_headers)
+        return header_facts(self.response_headers)
 
     @property
     def can_write(self) -> bool:
@@ -281,14 +289,16 @@ class HttpStream:
             self._owner.stream_send(self, b"", False, now)
 
     def write(self, data: bytes, now: float | None = None) -> None:
-        self._check_writable()
+        if self.aborted_flag or self.response_complete:
+            self._check_writable()  # raises the right error
         self._owner.stream_send(self, data, False, now)
 
     def complete(
         self, data: bytes = b"", now: float | None = None, trailers: Headers | None = None
     ) -> None:
         """Write the last bytes and end the response, with trailers if the protocol allows."""
-        self._check_writable()
+        if self.aborted_flag or self.response_complete:
+            self._check_writable()  # raises the right error
         self._owner.stream_send(self, data, True, now, trailers)
 
     @property
@@ -316,7 +326,10 @@ class HttpStream:
     @property
     def accepts_trailers(self) -> bool:
         """The client said it takes response trailers (``te: trailers``)."""
-        return any(name == b"te" and b"trailers" in value.lower() for name, value in self.headers)
+        for name, value in self.headers:  # noqa: SIM110 - per request: any() costs a generator
+            if name == b"te" and b"trailers" in value.lower():
+                return True
+        return False
 
     def send_informational(self, status: int, headers: Headers) -> None:
         """A 1xx response (103 Early Hints, say) before the final one."""

@@ -17,6 +17,7 @@ ENGINE_METHODS = (
     "next_deadline",
     "data_to_send",
     "pop_events",
+    "flush",
     "set_write_blocked",
     "shutdown",
 )

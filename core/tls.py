@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from .context import Rejection, ServerContext, TransportInfo
 from .events import Event
+from .flush import FlushFromState
 from .status import reason_phrase
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ def _plaintext_answer(context: ServerContext) -> bytes:
     )
 
 
-class TlsConnection:
+class TlsConnection(FlushFromState):
     def __init__(
         self,
         context: ServerContext,

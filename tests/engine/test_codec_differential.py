@@ -29,6 +29,7 @@ their boundaries can differ by one event; the bodies here are far below the defa
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -36,6 +37,9 @@ from engine_harness import Client, EchoDriver, Response, _Running, parse_respons
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from test_properties import ALPHABET, INTERESTING, PREFIXES, requests, split
+from tiercel.core.config import Limits
+from tiercel.core.errors import RemoteProtocolError
+from tiercel.core.http1_head import find_head_end, parse_head, parse_simple_head
 
 # Both codecs run side by side here: conftest.py need not run this module once per codec.
 RUNS_BOTH_CODECS = True
@@ -330,3 +334,70 @@ def test_empty_line_before_the_request_line_is_ignored_by_both():
     for data in (b"\r\n" + FOLLOWUP, FOLLOWUP + b"\r\n" + FOLLOWUP):
         outcomes = [run(codec, [data]) for codec in CODECS]
         assert outcomes[0].rejections == outcomes[1].rejections == []
+
+
+# --- the one-pass head parser against the strict one ----------------------------------------
+
+
+def _outcome(parse: Callable[[], object]) -> object:
+    try:
+        return parse()
+    except RemoteProtocolError as error:
+        return ("refused", error.status, str(error))
+
+
+@SETTINGS
+@given(data=st.one_of(request_bytes(), mutated_streams()))
+def test_one_pass_head_parser_agrees_with_the_strict_parser(data):
+    """``parse_simple_head`` may decline a head (None) but never disagrees: what it takes,
+    the strict ``find_head_end`` + ``parse_head`` delimit the same way and parse into the same
+    request, or refuse with the same status and message."""
+    limits = Limits()
+    blank = data.find(b"\r\n\r\n")
+    assume(blank > 0)
+    simple = _outcome(lambda: parse_simple_head(data, blank, limits))
+    if simple is None:
+        return
+    assert find_head_end(data, limits) == blank + 4
+    assert _outcome(lambda: parse_head(data[: blank + 4], limits)) == simple
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /a%20b?x=1 HTTP/1.1\r\nHost: x\r\nX:  spaced value \t\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n",
+    ],
+)
+def test_one_pass_head_parser_takes_common_heads(head):
+    limits = Limits()
+    simple = parse_simple_head(head, head.find(b"\r\n\r\n"), limits)
+    assert simple is not None
+    assert simple == parse_head(head, limits)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",  # an empty line first
+        b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",  # absolute-form
+        b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",  # obs-fold
+        b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",  # space before the colon
+        b"GET / HTTP/1.1\r\nX: a\x01b\r\nHost: x\r\n\r\n",  # a control byte
+        b"GET /#f HTTP/1.1\r\nHost: x\r\n\r\n",  # a fragment
+        b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",  # an unsupported version
+    ],
+)
+def test_one_pass_head_parser_leaves_the_rest_to_the_strict_parser(head):
+    assert parse_simple_head(head, head.find(b"\r\n\r\n"), Limits()) is None
+
+
+def test_one_pass_head_parser_leaves_heads_near_the_limits_to_the_strict_parser():
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    tight = Limits(max_request_line_size=len(head) - 4)
+    assert parse_simple_head(head, head.find(b"\r\n\r\n"), tight) is None
+    few = Limits(max_request_header_count=1)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nA: b\r\n\r\n"
+    assert parse_simple_head(head, head.find(b"\r\n\r\n"), few) is None
