@@ -50,6 +50,8 @@ log = logging.getLogger("tiercel.error")
 
 # After sending FIN, how long to keep reading (and discarding) before closing for good.
 LINGER_SECONDS = 2.0
+# Pipelined responses held back to share one write (_Connection._hold) never exceed this.
+HOLD_AT_MOST = 64 * 1024
 
 ASGIApp = Callable[..., Coroutine[Any, Any, None]]
 T = TypeVar("T")
@@ -75,6 +77,10 @@ class _Connection(asyncio.Protocol):
         self._sendfile: asyncio.Task[int] | None = None  # loop.sendfile in progress
         self._received_any = False
         self._grace: asyncio.TimerHandle | None = None  # FIRST_REQUEST_GRACE, while stopping
+        # Pipelined responses held back to be written together (_hold).
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        self._held_write: asyncio.Handle | None = None
 
     # -- transport callbacks ----------------------------------------------------------------
 
@@ -140,6 +146,9 @@ class _Connection(asyncio.Protocol):
             self._linger.cancel()
         if self._grace is not None:
             self._grace.cancel()
+        if self._held_write is not None:
+            self._held_write.cancel()
+        self._held = None
         self._dispatch(conn.connection_lost(self._loop.time()))
         self._wake_writers()
 
@@ -164,21 +173,32 @@ class _Connection(asyncio.Protocol):
         if conn is None or transport is None:
             return
         events, data, action, deadline = conn.flush()
-        if events and self._dispatch(events):
-            events, data, action, deadline = conn.flush()  # dispatching changed the engine
+        pipelined = False
+        if events:
+            touched, pipelined = self._dispatch(events)
+            if touched:
+                events, data, action, deadline = conn.flush()  # dispatching changed the engine
         if self._closed:
             if action == ABORT:
                 self._abort_transport(transport)
             return
         if action == ABORT:
             self._closed = True
+            self._held = None
             self._abort_transport(transport)
             return
         if data:
-            if type(data) is bytes:
+            if pipelined and action != CLOSE and self._hold(data):
+                pass  # written with the next pipelined response, or on the loop's next turn
+            elif self._held is not None:
+                self._held.extend((data,) if type(data) is bytes else data)
+                self._write_held()  # the held responses and this one, in one write
+            elif type(data) is bytes:
                 transport.write(data)
             else:
                 transport.writelines(data)  # a large body after its head, not copied
+        elif self._held is not None and action == CLOSE:
+            self._write_held()
         if action == CLOSE:
             self._closed = True
             self._close_gracefully(transport)
@@ -195,6 +215,33 @@ class _Connection(asyncio.Protocol):
         # closing connection's last flush is bounded by the engine's write deadline too.
         if deadline is not None and (self._timer is None or deadline < self._timer_at):
             self._set_timer(deadline)
+
+    def _hold(self, data: bytes | list[bytes]) -> bool:
+        """A response just finished and the next pipelined request's app has just been
+        started: hold the response back until that app has had its first turn, so that
+        pipelined responses go out in one write instead of one each. An app that waits does
+        not delay anything: the held bytes go out as soon as its first turn ends."""
+        held = self._held
+        if held is None:
+            held = self._held = []
+        held.extend((data,) if type(data) is bytes else data)
+        self._held_size += len(data) if type(data) is bytes else sum(map(len, data))
+        if self._held_size >= HOLD_AT_MOST:
+            self._write_held()
+            return True
+        if self._held_write is not None:
+            self._held_write.cancel()  # re-queued behind the request task just started
+        self._held_write = self._loop.call_soon(self._write_held)
+        return True
+
+    def _write_held(self) -> None:
+        held, self._held, self._held_size = self._held, None, 0
+        if self._held_write is not None:
+            self._held_write.cancel()
+            self._held_write = None
+        transport = self._transport
+        if held and transport is not None and not self._closed:
+            transport.writelines(held)
 
     def _close_gracefully(self, transport: asyncio.Transport) -> None:
         """Lingering close: send FIN after the last bytes, then read and discard for a moment.
@@ -236,10 +283,11 @@ class _Connection(asyncio.Protocol):
         self._dispatch(conn.on_timer(now))
         self._sync()
 
-    def _dispatch(self, events: Sequence[Event]) -> bool:
-        """Act on the engine's events; True when that may have changed the engine's state
-        (a delegation refused, an app that ran eagerly), so the caller flushes again."""
-        touched = False
+    def _dispatch(self, events: Sequence[Event]) -> tuple[bool, bool]:
+        """Act on the engine's events. Returns whether that may have changed the engine's
+        state (a delegation refused), so the caller flushes again, and whether a request was
+        started."""
+        touched = started = False
         for event in events:
             if type(event) is StreamUpdated:
                 waiters = self._waiters.pop(event.stream, None)
@@ -248,11 +296,12 @@ class _Connection(asyncio.Protocol):
                         if not waiter.done():
                             waiter.set_result(None)
             elif type(event) is RequestReceived:
-                touched = self._server.start_request(self, event.stream) or touched
+                self._server.start_request(self, event.stream)
+                started = True
             elif type(event) is ConnectionDelegated:
                 self._hand_off(event)
                 touched = True
-        return touched
+        return touched, started
 
     def _hand_off(self, event: ConnectionDelegated) -> None:
         """Request delegation: the socket goes to the queue's server. Closing our descriptor
@@ -701,15 +750,13 @@ class AsyncioServer(ServesUntilStopped):
                 self.endpoints.poll()  # certificate files changed: reload them
             await asyncio.sleep(1.0 - time.time() % 1.0)
 
-    def start_request(self, connection: _Connection, stream: HttpStream) -> bool:
-        """Run the app for a request in its own task; True if that already changed the
-        engine's state (never, for a task that starts on the loop's next turn)."""
+    def start_request(self, connection: _Connection, stream: HttpStream) -> None:
+        """Run the app for a request in its own task."""
         if self.wsgi_pool is not None:
             task = self.loop.create_task(connection.run_wsgi(stream))
         else:
             task = self.loop.create_task(connection.run_asgi(self.app, stream))
         self.tasks[stream] = task  # run_asgi and run_wsgi take themselves out
-        return False
 
     def _stop_queues(self) -> None:
         for task in self._queue_tasks:

@@ -97,11 +97,10 @@ class HttpStream:
         "wall_time",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - positional on purpose: see Http1Protocol._start_stream
         self,
         owner: StreamOwner,
         stream_id: int,
-        *,
         method: str,
         scheme: str,
         http_version: str,
