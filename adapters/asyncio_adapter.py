@@ -392,7 +392,7 @@ class _Connection(asyncio.Protocol):
                 self._drain_waiters.append(waiter)
                 await waiter
             # This stream's own buffer is full (HTTP/2 windows); an aborted stream never waits.
-            while not stream.can_write and not stream.aborted:
+            while stream.flow_controlled and not stream.can_write and not stream.aborted:
                 waiter = loop.create_future()
                 self._waiters.setdefault(stream, []).append(waiter)
                 await waiter
@@ -413,11 +413,15 @@ class _Connection(asyncio.Protocol):
             log_app_exception("ASGI", stream)
         finally:
             server.tasks.pop(stream, None)
+            answered = stream.response_complete
             problem = cycle.app_finished(loop.time())
             if problem:
                 log_app_problem(stream, problem)
             self._waiters.pop(stream, None)
-            self._sync()
+            # An HTTP/1.1 stream whose response was complete (and flushed by send) leaves the
+            # engine nothing new when its app returns; HTTP/2 may release window or streams.
+            if problem or not answered or stream.flow_controlled:
+                self._sync()
 
     # -- direct file transmission (core/files.py) ----------------------------------------------
 

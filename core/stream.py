@@ -73,6 +73,7 @@ class HttpStream:
         "bytes_sent",
         "connection_id",
         "expect_continue",
+        "flow_controlled",
         "headers",
         "http_version",
         "local_address",
@@ -125,6 +126,10 @@ class HttpStream:
         self.scheme = scheme
         self.http_version = http_version
         self.protocol = "HTTP/" + http_version
+        # HTTP/2 streams have their own send window and buffer, so ``can_write`` can be false
+        # for one stream while others write; an HTTP/1.1 stream is only ever held back by its
+        # transport. Adapters read this before asking ``can_write`` (a call to the owner).
+        self.flow_controlled = http_version == "2"
         self.raw_target = raw_target
         self.raw_path = raw_path
         self.path = path
