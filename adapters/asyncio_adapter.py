@@ -370,10 +370,17 @@ class _Connection(asyncio.Protocol):
         cycle = AsgiHttpCycle(stream)
         scope = http_scope(stream, server.lifespan_state, server.extensions)
 
+        first_read = True
+
         async def receive() -> Any:
+            nonlocal first_read
             while True:
                 message = cycle.receive(loop.time())
-                self._sync()
+                # Taking body bytes (or the first read: 100-continue, the body-rate clock) can
+                # change what the engine wants; finding nothing to take changes nothing.
+                if message is not None or first_read:
+                    first_read = False
+                    self._sync()
                 if message is not None:
                     return message
                 waiter = loop.create_future()

@@ -111,6 +111,7 @@ class Http1Protocol:
     _after_file: tuple[bytes, bool] | None = None
     _before_file = 0  # how many items of _out go out before the file
     _answering_from_cache = False
+    _held_by_buffer_limit = False  # the pump stopped for the request buffer limit
     # Request delegation (core/delegation.py), on cleartext connections of a server with
     # rules: the rules and every byte received, until the first request is decided.
     _delegation: DelegationRules | None = None
@@ -407,6 +408,7 @@ class Http1Protocol:
                         stream.body_buffered >= self._limits.max_request_buffer_size
                         and self._upgrade_settings is None
                     ):
+                        self._held_by_buffer_limit = True
                         self._pause_body_rate()
                         return
                     event = codec.next_event()
@@ -684,7 +686,14 @@ class Http1Protocol:
         if self._rate_paused_at is not None and self._rate_start is not None:
             self._rate_start += self._now - self._rate_paused_at
             self._rate_paused_at = None
-        if stream is self._stream and self.phase is Phase.ACTIVE:
+        # Pump again only if there is something to pump: bytes in the codec, or a body whose
+        # end the buffer limit held back.
+        if (
+            stream is self._stream
+            and self.phase is Phase.ACTIVE
+            and (self._held_by_buffer_limit or self._codec.buffered_size)
+        ):
+            self._held_by_buffer_limit = False
             self._pump()
 
     def stream_can_write(self, stream: HttpStream) -> bool:

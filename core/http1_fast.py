@@ -38,6 +38,8 @@ class FastCodec:
         "_body_left",
         "_chunked",
         "_close_after",
+        "_direct",
+        "_direct_size",
         "_eof",
         "_framing",
         "_head",
@@ -63,6 +65,9 @@ class FastCodec:
         self._response_done = False
         self._close_after = False
         self._scanned = 0  # bytes of a partial head already checked
+        # Body bytes that arrived as whole reads while the inbox was empty (receive_data).
+        self._direct: list[bytes] = []
+        self._direct_size = 0
         self._simple_head_limit = (
             min(limits.max_request_line_size, limits.max_request_headers_total_size) + 4
         )
@@ -70,14 +75,23 @@ class FastCodec:
     # -- requests -------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if data:
-            self._inbox += data
-        else:
+        if not data:
             self._eof = True
+        elif (
+            not self._inbox
+            and self._chunked is None
+            and self._head is not None
+            and len(data) <= self._body_left - self._direct_size
+        ):
+            # All of it is Content-Length body: handed over as it is, never copied.
+            self._direct.append(data)
+            self._direct_size += len(data)
+        else:
+            self._inbox += data
 
     @property
     def buffered_size(self) -> int:
-        return len(self._inbox)
+        return len(self._inbox) + self._direct_size
 
     def next_event(self) -> CodecEvent:
         head = self._head
@@ -91,12 +105,21 @@ class FastCodec:
             if not self._body_left:
                 self._request_done = True
                 return END_OF_BODY
-            if not inbox:
+            direct = self._direct
+            if direct:  # received whole, before anything in the inbox
+                data = direct.pop(0)
+                self._direct_size -= len(data)
+            elif not inbox:
                 return self._need_body()
-            size = min(self._body_left, len(inbox), _BODY_SLICE)
-            data = bytes(inbox[:size])
-            del inbox[:size]
-            self._body_left -= size
+            elif self._body_left >= len(inbox) <= _BODY_SLICE:
+                data = bytes(inbox)  # one copy, where slicing then converting makes two
+                inbox.clear()
+            else:
+                size = min(self._body_left, len(inbox), _BODY_SLICE)
+                with memoryview(inbox) as view:
+                    data = bytes(view[:size])
+                del inbox[:size]
+            self._body_left -= len(data)
             return BodyData(data)
         while True:
             if chunked.done:
@@ -172,7 +195,9 @@ class FastCodec:
         self._close_after = False
 
     def take_remaining(self) -> bytes:
-        remaining = bytes(self._inbox)
+        remaining = b"".join([*self._direct, self._inbox])
+        self._direct.clear()
+        self._direct_size = 0
         self._inbox.clear()
         return remaining
 
