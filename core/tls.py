@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .context import Rejection, ServerContext, TransportInfo
 from .events import Event
-from .flush import FlushFromState
+from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, Flush, FlushFromState
 from .status import reason_phrase
 
 if TYPE_CHECKING:
@@ -146,6 +146,8 @@ class TlsConnection(FlushFromState):
                 events += inner.receive_data(b"", now)
                 break
             events += inner.receive_data(plaintext, now)
+            if not self._incoming.pending and not self._ssl.pending():
+                break  # nothing left to decrypt: spare the SSLWantReadError another read raises
         if not data and self._inner is None:
             self._closed = True
         return events
@@ -222,6 +224,35 @@ class TlsConnection(FlushFromState):
 
     def pop_events(self) -> list[Event]:
         return self._inner.pop_events() if self._inner is not None else []
+
+    def flush(self) -> Flush:
+        """The inner engine's flush, with its bytes encrypted (core/flush.py)."""
+        inner = self._inner
+        events: Sequence[Event] = NO_EVENTS
+        action = KEEP_READING
+        deadline = self._handshake_deadline
+        if inner is not None:
+            events, plaintext, action, deadline = inner.flush()
+            if action == ABORT:
+                return events, b"", ABORT, None if self._closed else deadline
+            if plaintext and not self._close_notify_sent:
+                try:
+                    self._ssl.write(
+                        plaintext if isinstance(plaintext, bytes) else b"".join(plaintext)
+                    )
+                except ssl.SSLError:
+                    self._closed = True
+            if action == CLOSE and not self._close_notify_sent:
+                self._close_notify_sent = True
+                with contextlib.suppress(ssl.SSLError):
+                    self._ssl.unwrap()
+        if self._plain_out:
+            data, self._plain_out = self._plain_out, b""
+        else:
+            data = self._outgoing.read()
+        if self._closed:
+            return events, data, CLOSE, None
+        return events, data, action, deadline
 
     @property
     def wants_read(self) -> bool:
