@@ -301,15 +301,7 @@ class Http1Protocol:
             action = (
                 KEEP_READING if buffered < self._limits.max_request_buffer_size else PAUSE_READING
             )
-        deadline = self._phase_deadline
-        write = self._write_deadline
-        if write is not None and (deadline is None or write < deadline):
-            deadline = write
-        if self._rate_start is not None:
-            rate = self._body_rate_deadline()
-            if rate is not None and (deadline is None or rate < deadline):
-                deadline = rate
-        return events, data, action, deadline
+        return events, data, action, self.next_deadline()
 
     def _data_before_file(self) -> bytes:
         """While the adapter writes a file: only the bytes that precede it."""
