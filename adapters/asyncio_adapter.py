@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
+import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
@@ -50,6 +51,8 @@ log = logging.getLogger("tiercel.error")
 
 # After sending FIN, how long to keep reading (and discarding) before closing for good.
 LINGER_SECONDS = 2.0
+# Python 3.12 starts tasks eagerly on request (asyncio.Task(..., eager_start=True)).
+EAGER_TASKS = sys.version_info >= (3, 12)
 # Pipelined responses held back to share one write (_Connection._hold) never exceed this.
 HOLD_AT_MOST = 64 * 1024
 
@@ -77,6 +80,8 @@ class _Connection(asyncio.Protocol):
         self._sendfile: asyncio.Task[int] | None = None  # loop.sendfile in progress
         self._received_any = False
         self._grace: asyncio.TimerHandle | None = None  # FIRST_REQUEST_GRACE, while stopping
+        # Requests whose apps start eagerly once the flush in progress is written (_sync).
+        self._eager_requests: list[HttpStream] = []
         # Pipelined responses held back to be written together (_hold).
         self._held: list[bytes] | None = None
         self._held_size = 0
@@ -168,6 +173,18 @@ class _Connection(asyncio.Protocol):
     # -- engine plumbing --------------------------------------------------------------------
 
     def _sync(self) -> None:
+        self._flush_engine()
+        if self._eager_requests:
+            # After this flush's bytes are written, so that a request's eagerly started app,
+            # flushing its own answer, cannot overtake the answers before it.
+            requests, self._eager_requests = self._eager_requests, []
+            for stream in requests:
+                self._server.start_request(self, stream)
+            if self._held_write is not None:  # held answers wait for those apps' first turn
+                self._held_write.cancel()
+                self._held_write = self._loop.call_soon(self._write_held)
+
+    def _flush_engine(self) -> None:
         conn = self._conn
         transport = self._transport
         if conn is None or transport is None:
@@ -296,7 +313,10 @@ class _Connection(asyncio.Protocol):
                         if not waiter.done():
                             waiter.set_result(None)
             elif type(event) is RequestReceived:
-                self._server.start_request(self, event.stream)
+                if EAGER_TASKS:
+                    self._eager_requests.append(event.stream)  # started by _sync
+                else:
+                    self._server.start_request(self, event.stream)
                 started = True
             elif type(event) is ConnectionDelegated:
                 self._hand_off(event)
@@ -661,6 +681,7 @@ class AsyncioServer(ServesUntilStopped):
         # The task running each request's app; it removes itself when the app is done (cheaper
         # than a done-callback, and than asyncio.current_task(), which costs a getpid on 3.11).
         self.tasks: dict[HttpStream, asyncio.Task[None]] = {}
+        self._starting_eagerly = False  # start_request
         self.listeners: list[Listener] = []
         self.extensions: dict[str, Any] = {}
         self.interface = resolve_interface(app, options.interface)
@@ -762,11 +783,24 @@ class AsyncioServer(ServesUntilStopped):
             await asyncio.sleep(1.0 - time.time() % 1.0)
 
     def start_request(self, connection: _Connection, stream: HttpStream) -> None:
-        """Run the app for a request in its own task."""
+        """Run the app for a request in its own task: on Python 3.12 and later an eager one,
+        which runs the app at once, up to its first real wait, and costs no trip through the
+        event loop when the app answers without waiting. Not while another app is starting
+        eagerly: pipelined requests would otherwise nest one app inside the other."""
         if self.wsgi_pool is not None:
-            task = self.loop.create_task(connection.run_wsgi(stream))
+            coroutine = connection.run_wsgi(stream)
         else:
-            task = self.loop.create_task(connection.run_asgi(self.app, stream))
+            coroutine = connection.run_asgi(self.app, stream)
+        if EAGER_TASKS and not self._starting_eagerly:
+            self._starting_eagerly = True
+            try:
+                task = asyncio.Task(coroutine, loop=self.loop, eager_start=True)  # type: ignore[call-arg]
+            finally:
+                self._starting_eagerly = False
+            if task.done():
+                return  # answered already: run_asgi has nothing to take out of self.tasks
+        else:
+            task = self.loop.create_task(coroutine)
         self.tasks[stream] = task  # run_asgi and run_wsgi take themselves out
 
     def _stop_queues(self) -> None:

@@ -1,6 +1,11 @@
-"""Pipelined responses share writes: a response that finishes just as the next pipelined
-request starts is held until that request's app has had its first turn, then both go out
-together. Holding must never delay a response behind an app that waits."""
+"""How the asyncio adapter starts apps and writes their answers.
+
+- Pipelined responses share writes: a response that finishes just as the next pipelined request
+  starts is held until that request's app has had its first turn, then both go out together.
+  Holding must never delay a response behind an app that waits.
+- On Python 3.12 and later, an app starts eagerly: one that answers without waiting has its
+  answer written before the read that brought the request returns, with a current task set.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import threading
 
 import pytest
 from support import RunningServer
-from tiercel.adapters.asyncio_adapter import AsyncioServer, _Connection
+from tiercel.adapters.asyncio_adapter import EAGER_TASKS, AsyncioServer, _Connection
 from tiercel.adapters.sockets import Listener
 from tiercel.apps.options import ServerOptions
 
@@ -57,12 +62,17 @@ class RecordingTransport:
     def abort(self) -> None: ...
 
 
-async def _serve_pipelined(count: int) -> list[bytes]:
-    server = AsyncioServer(numbered_app, ServerOptions(access_log=False))
+def _connect(app) -> tuple[_Connection, RecordingTransport]:
+    server = AsyncioServer(app, ServerOptions(access_log=False))
     server.loop = asyncio.get_running_loop()
     connection = _Connection(server, Listener(sock=None, url="http://127.0.0.1:8000"))
     transport = RecordingTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
+    return connection, transport
+
+
+async def _serve_pipelined(count: int) -> list[bytes]:
+    connection, transport = _connect(numbered_app)
     connection.data_received(b"".join(REQUEST % i for i in range(count)))
     for _ in range(1000):
         if b"".join(transport.writes).count(b"HTTP/1.1 200") == count:
@@ -113,3 +123,37 @@ def test_a_held_response_does_not_wait_for_the_next_app(loop):
     finally:
         RELEASE.set()
         server.stop()
+
+
+async def _answer_in_the_read() -> tuple[list[bytes], list[object]]:
+    tasks: list[object] = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            tasks.append(asyncio.current_task())  # anyio and sniffio need one
+            await numbered_app(scope, receive, send)
+
+    connection, transport = _connect(app)
+    connection.data_received(REQUEST % 1)
+    written_in_the_read = list(transport.writes)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert transport.writes, "no answer at all"
+    return written_in_the_read, tasks
+
+
+def test_an_app_that_answers_without_waiting_starts_eagerly_where_python_can():
+    written, tasks = asyncio.run(_answer_in_the_read())
+    assert tasks and tasks[0] is not None
+    if EAGER_TASKS:  # Python 3.12+: eager_start
+        assert len(written) == 1 and written[0].endswith(b"\r\n\r\n/1")
+    else:  # 3.11: the task runs on the loop's next turn
+        assert written == []
+
+
+@pytest.mark.parametrize("count", [2, 16])
+def test_pipelined_answers_keep_their_order_when_apps_start_eagerly(count):
+    """Eager or not, every answer goes out after the ones before it."""
+    data = b"".join(asyncio.run(_serve_pipelined(count)))
+    positions = [data.index(b"\r\n\r\n/%d" % i) for i in range(count)]
+    assert positions == sorted(positions)
