@@ -44,12 +44,15 @@ class FakeTransport:
 
     def __init__(self) -> None:
         self.out: list[bytes] = []
+        self.write_calls = 0  # write and writelines each count once: one send on a socket
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
+        self.write_calls += 1
 
     def writelines(self, pieces: list[bytes]) -> None:
         self.out.extend(pieces)
+        self.write_calls += 1
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 5000) if name in ("peername", "sockname") else default

@@ -10,13 +10,19 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from support import RunningServer
 from tiercel.adapters.asyncio_adapter import EAGER_TASKS, AsyncioServer, _Connection
 from tiercel.adapters.sockets import Listener
 from tiercel.apps.options import ServerOptions
+
+# The in-process benchmark's fake transport: what a connection asks of one, writes recorded.
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from inprocess import FakeTransport
 
 REQUEST = b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -29,63 +35,29 @@ async def numbered_app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-class RecordingTransport:
-    """Counts write calls; everything else a connection asks of a transport, as a no-op."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def writelines(self, pieces: list[bytes]) -> None:
-        self.writes.append(b"".join(pieces))
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 5000) if name in ("peername", "sockname") else default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None: ...
-
-    def resume_reading(self) -> None: ...
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def close(self) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-def _connect(app) -> tuple[_Connection, RecordingTransport]:
+def _connect(app) -> tuple[_Connection, FakeTransport]:
     server = AsyncioServer(app, ServerOptions(access_log=False))
     server.loop = asyncio.get_running_loop()
     connection = _Connection(server, Listener(sock=None, url="http://127.0.0.1:8000"))
-    transport = RecordingTransport()
+    transport = FakeTransport()
     connection.connection_made(transport)  # type: ignore[arg-type]
     return connection, transport
 
 
-async def _serve_pipelined(count: int) -> list[bytes]:
+async def _serve_pipelined(count: int) -> tuple[bytes, int]:
     connection, transport = _connect(numbered_app)
     connection.data_received(b"".join(REQUEST % i for i in range(count)))
     for _ in range(1000):
-        if b"".join(transport.writes).count(b"HTTP/1.1 200") == count:
+        if b"".join(transport.out).count(b"HTTP/1.1 200") == count:
             break
         await asyncio.sleep(0)
-    return transport.writes
+    return b"".join(transport.out), transport.write_calls
 
 
 @pytest.mark.parametrize("count", [2, 16])
 def test_pipelined_responses_go_out_in_one_write(count):
-    writes = asyncio.run(_serve_pipelined(count))
-    assert len(writes) == 1
-    data = writes[0]
+    data, write_calls = asyncio.run(_serve_pipelined(count))
+    assert write_calls == 1
     positions = [data.index(b"\r\n\r\n/%d" % i) for i in range(count)]
     assert positions == sorted(positions)  # in request order
 
@@ -125,7 +97,7 @@ def test_a_held_response_does_not_wait_for_the_next_app(loop):
         server.stop()
 
 
-async def _answer_in_the_read() -> tuple[list[bytes], list[object]]:
+async def _answer_in_the_read() -> tuple[bytes, list[object]]:
     tasks: list[object] = []
 
     async def app(scope, receive, send):
@@ -135,10 +107,10 @@ async def _answer_in_the_read() -> tuple[list[bytes], list[object]]:
 
     connection, transport = _connect(app)
     connection.data_received(REQUEST % 1)
-    written_in_the_read = list(transport.writes)
+    written_in_the_read = b"".join(transport.out)
     for _ in range(10):
         await asyncio.sleep(0)
-    assert transport.writes, "no answer at all"
+    assert transport.out, "no answer at all"
     return written_in_the_read, tasks
 
 
@@ -146,14 +118,14 @@ def test_an_app_that_answers_without_waiting_starts_eagerly_where_python_can():
     written, tasks = asyncio.run(_answer_in_the_read())
     assert tasks and tasks[0] is not None
     if EAGER_TASKS:  # Python 3.12+: eager_start
-        assert len(written) == 1 and written[0].endswith(b"\r\n\r\n/1")
+        assert written.endswith(b"\r\n\r\n/1")
     else:  # 3.11: the task runs on the loop's next turn
-        assert written == []
+        assert written == b""
 
 
 @pytest.mark.parametrize("count", [2, 16])
 def test_pipelined_answers_keep_their_order_when_apps_start_eagerly(count):
     """Eager or not, every answer goes out after the ones before it."""
-    data = b"".join(asyncio.run(_serve_pipelined(count)))
+    data, _ = asyncio.run(_serve_pipelined(count))
     positions = [data.index(b"\r\n\r\n/%d" % i) for i in range(count)]
     assert positions == sorted(positions)
