@@ -18,7 +18,7 @@ from .flush import Flush, FlushFromState
 from .http1 import Http1Protocol
 from .http2 import PREFACE, Http2Limits, Http2Protocol
 from .proxy_protocol import ProxyProtocolConnection, ProxyProtocolSettings
-from .switching import rebind
+from .switching import HOT_METHODS, rebind
 from .tls import TlsConnection, TlsSettings
 
 HTTP1 = "http/1.1"
@@ -169,7 +169,7 @@ class PrefaceSniffer(FlushFromState):
         self._inner = inner
         if isinstance(inner, Http1Protocol):
             inner.front = self.front  # an h2c upgrade later rebinds that object, not just inner
-        rebind(self, inner)
+        rebind(self, inner, HOT_METHODS)  # the cold methods below forward to it
         if self.front is not self:
             rebind(self.front, inner)
         return inner
@@ -186,22 +186,28 @@ class PrefaceSniffer(FlushFromState):
         return inner.receive_data(buffered, now)
 
     def connection_lost(self, now: float) -> list[Event]:
+        if self._inner is not None:
+            return self._inner.connection_lost(now)
         self._closed = True
         return []
 
     def on_timer(self, now: float) -> list[Event]:
+        if self._inner is not None:
+            return self._inner.on_timer(now)
         if now >= self._deadline:
             self._closed = True
         return []
 
     def next_deadline(self) -> float | None:
+        if self._inner is not None:
+            return self._inner.next_deadline()
         return None if self._closed else self._deadline
 
     def data_to_send(self) -> bytes:
-        return b""
+        return b"" if self._inner is None else self._inner.data_to_send()
 
     def pop_events(self) -> list[Event]:
-        return []
+        return [] if self._inner is None else self._inner.pop_events()
 
     @property
     def wants_read(self) -> bool:
@@ -224,8 +230,11 @@ class PrefaceSniffer(FlushFromState):
         return True if inner is None else inner.is_idle
 
     def set_write_blocked(self, blocked: bool, now: float, buffered: int = 0) -> None:
-        pass
+        if self._inner is not None:
+            self._inner.set_write_blocked(blocked, now, buffered)
 
     def shutdown(self, now: float) -> list[Event]:
+        if self._inner is not None:
+            return self._inner.shutdown(now)
         self._closed = True
         return []
