@@ -7,15 +7,22 @@ Threads
 - **Workers**, a fixed pool: a worker takes one connection at a time and drives its engine with
   blocking ``recv``/``send``. When a request arrives it runs the WSGI app inline, so an app that
   blocks holds only its own worker. ``wsgi.input`` reads the socket as the app asks for bytes.
-- **The parker**: a connection with no request in flight and nothing to read gives its worker
-  back and waits in a ``selectors`` selector (as cheroot and waitress do), so idle keep-alive
-  connections cost no thread. Bytes arriving put it back in the queue. Meanwhile the parker
-  applies the engine's timers (keep-alive, request headers) and does lingering closes.
+- **Parked connections**: a connection with no request in flight and nothing to read gives its
+  worker back, so idle keep-alive connections cost no thread. On Linux it waits in one epoll
+  set that every idle worker polls, each registration one-shot, so the kernel hands a readable
+  connection to exactly one worker, which serves it at once: no other thread, no queue and no
+  lock hand-off between a request's bytes and its app (``_EpollHub``). Elsewhere the parker
+  watches parked connections in a ``selectors`` selector, as cheroot and waitress do, and
+  queues those that become readable.
+- **The parker**: applies the engine's timers (keep-alive, request headers) to parked
+  connections, shuts them down when the server stops, and does lingering closes.
 - **The ticker**: the Date header once a second, certificate files every two seconds.
 
 The engine is not thread-safe: a connection's engine is touched only by the one thread that
-holds the connection (the queue, a worker and the parker hand it over), and the server-wide
-counters in ``ServerContext`` are guarded by a lock.
+holds the connection. A parked connection is held by nobody; a worker (on readable bytes) or
+the parker (on a timer) takes it with ``_Client.claim``, which only one of them can win. One who
+loses marks it ``missed``, and the holder looks again before parking it, so no wake-up is lost.
+The server-wide counters in ``ServerContext`` are guarded by a lock.
 
 Sizing (environment variables, or ``tiercel --threads``)
 -------------------------------------------------------
@@ -40,6 +47,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import os
 import queue
 import select
@@ -50,7 +58,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from tiercel.apps.endpoints import EndpointManager
@@ -94,6 +102,7 @@ DEFAULT_QUEUE_LIMIT = 1000
 RETRY_AFTER = b"1"
 SATURATION_LOG_INTERVAL = 10.0  # at most one "all N worker threads are busy" line per interval
 _RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_ARMED = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 
 def _env_count(name: str, default: int, minimum: int) -> int:
@@ -236,6 +245,7 @@ class _Client:
     holds it (a worker or the parker) calls its methods."""
 
     handoff: Handoff | None = None  # set for a connection another tiercel delegated to us
+    errors: WsgiErrors | None = None  # wsgi.errors, one per connection
 
     def __init__(
         self, server: ThreadedServer, sock: socket.socket, listener: Listener, remote: Any
@@ -244,33 +254,95 @@ class _Client:
         self.sock = sock
         self.listener = listener
         self.remote = (remote[0], remote[1]) if isinstance(remote, tuple) else None
+        self.fd = sock.fileno()
+        self.timeout = sock.gettimeout()  # settimeout() is a system call: only on changes
         self.conn: EngineConnection | None = None
         self.pending: deque[HttpStream] = deque()  # requests whose app has not run yet
         self.dead = False
         self.eof = False
         self.shutdown_sent = False
-        self.park_token = 0  # the parker's timers for an earlier parking are stale
         self.accepted_at = time.monotonic()
         self.received_any = False
+        # Parking (see the module docstring): ``parked`` and ``missed`` under ``lock``;
+        # ``timer_at`` (the parker's earliest timer for it) under the parker's lock;
+        # ``in_epoll`` is touched by the holder only.
+        self.lock = threading.Lock()
+        self.parked = False
+        self.missed = False
+        self.timer_at: float | None = None
+        self.in_epoll = False
 
     # -- the worker's loop --------------------------------------------------------------------
 
     def serve(self) -> bool:
-        """Serve until nothing is left to do right now. True: park me. False: closed."""
+        """Serve until nothing is left to do right now. True: park me. False: closed.
+
+        After a response no ``recv`` is tried: the client has hardly had time to read it, let
+        alone send the next request, and parking finds out at no extra cost (pipelined requests
+        are already in the engine's buffer and come out of ``pop_events``)."""
         conn = self.conn
         if conn is None:
             conn = self.conn = self._open()
             if self.handoff is not None:
                 self._feed_handoff(conn, self.handoff)
+        answered = False
         while not self.dead:
-            self._handle(conn.pop_events())
+            events = conn.pop_events()
+            if events:
+                self._handle(events)
             if self.pending:
                 self._run_next()
-            elif not self._io(block=False):
+                answered = True
+            elif answered or not self._io(block=False):
                 return True
         while self.pending:  # the connection died with requests whose app never ran
             self.pending.popleft().finish()
         return False
+
+    def claim(self) -> bool:
+        """Take a parked connection (a worker on readable bytes, the parker on a timer). False
+        when someone else holds it; that holder then looks again before parking it."""
+        with self.lock:
+            if self.parked:
+                self.parked = False
+                return True
+            self.missed = True
+            return False
+
+    def park(self) -> bool:
+        """Give the connection back until bytes arrive or a timer is due. False: something
+        happened meanwhile (``missed``), so the caller still holds it and must serve it again.
+        True: parked; another thread may hold it from now on, so nothing here touches it."""
+        server = self.server
+        stopping = server.stopping
+        if stopping and not self.shutdown_sent and self._may_shut_down(time.monotonic()):
+            return False  # serve() sends the shutdown
+        conn = self.conn
+        assert conn is not None
+        deadline = self.next_deadline()
+        watch = conn.wants_read and not self.eof
+        hub = server.hub
+        if watch and hub is not None:
+            hub.watch(self)
+        with self.lock:
+            if self.missed:
+                self.missed = False
+                return False
+            self.parked = True
+        parker = server.parker
+        if watch and hub is None:
+            parker.watch(self)
+        if server.stopping and not stopping:
+            # The stop began while this was being parked: the parker's sweep may have missed it.
+            deadline = time.monotonic()
+        if deadline is not None:
+            parker.schedule(self, deadline)
+        return True
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
 
     def _open(self) -> EngineConnection:
         if self.handoff is not None:  # addresses as the front saw them (perhaps a PROXY header's)
@@ -310,10 +382,12 @@ class _Client:
             if block:
                 time.sleep(wait)
             return block
-        sock = self.sock
         try:
-            sock.settimeout(wait if block else 0.0)
-            data = sock.recv(RECV_SIZE)
+            if block:
+                self._set_timeout(wait)
+            elif self.timeout != 0.0:
+                self._set_timeout(0.0)
+            data = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, TimeoutError):
             return block
         except OSError:
@@ -322,11 +396,13 @@ class _Client:
         if not data:
             self.eof = True
         self.received_any = True
-        self._handle(conn.receive_data(data, time.monotonic()))
+        events = conn.receive_data(data, time.monotonic() if block else now)
+        if events:
+            self._handle(events)
         self._flush()
         return True
 
-    def _handle(self, events: list[Event]) -> None:
+    def _handle(self, events: Sequence[Event]) -> None:
         for event in events:
             if type(event) is RequestReceived:
                 self.pending.append(event.stream)
@@ -354,6 +430,7 @@ class _Client:
             return
         self.dead = True
         self.server.forget(self)
+        self._leave_epoll()
         self.sock.close()  # a plain close(2): neither FIN nor RST while the receiver has it
 
     def _flush(self) -> None:
@@ -361,29 +438,42 @@ class _Client:
         conn = self.conn
         assert conn is not None
         while not self.dead:
-            self._handle(conn.pop_events())
+            events = conn.pop_events()
+            if events:
+                self._handle(events)
             if conn.should_abort:
                 self._close(abort=True)
                 return
             data = conn.data_to_send()
-            if not data:
-                break
-            self._send(data)
+            if not data or self._send(data):
+                break  # nothing was sent, or sent at once: the engine has not run since
         if not self.dead and conn.should_close:
             self._close(abort=False)
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes) -> bool:
         """Send it all. While the peer does not read, the engine's response data rate decides
-        how long to wait (its timer makes ``should_abort`` true)."""
+        how long to wait (its timer makes ``should_abort`` true). True: sent at once, or the
+        connection is closed; False: it waited, and the engine's timers may have run."""
         conn = self.conn
         assert conn is not None
         sock = self.sock
-        view = memoryview(data)
+        if self.timeout != 0.0:
+            self._set_timeout(0.0)
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._close(abort=True)
+            return True
+        if sent == len(data):
+            return True
+        view = memoryview(data)[sent:]
         blocked = False
         timeout = 0.0
         try:
             while view:
-                sock.settimeout(timeout)
+                self._set_timeout(timeout)
                 with contextlib.suppress(BlockingIOError, TimeoutError):
                     view = view[sock.send(view) :]
                 if not view:
@@ -397,14 +487,15 @@ class _Client:
                     self._handle(conn.on_timer(now))
                     if conn.should_abort:
                         self._close(abort=True)
-                        return
+                        return True
                     deadline = conn.next_deadline()
                 timeout = POLL if deadline is None else min(POLL, max(deadline - now, 0.001))
         except OSError:
             self._close(abort=True)
-            return
+            return True
         if blocked:
             conn.set_write_blocked(False, time.monotonic())
+        return not blocked
 
     def write_file(self, stream: HttpStream, segment: FileSegment) -> None:
         """WsgiFileHost: the file range with ``os.sendfile``, after the bytes before it. Like
@@ -415,7 +506,7 @@ class _Client:
         sock = self.sock
         done = 0
         try:
-            sock.settimeout(0.0)
+            self._set_timeout(0.0)
             while done < segment.count and not self.dead:
                 try:
                     done += sendfile_some(sock.fileno(), segment, done)
@@ -443,6 +534,7 @@ class _Client:
             return
         self.dead = True
         self.server.forget(self)
+        self._leave_epoll()
         if self.conn is not None:
             self._handle(self.conn.connection_lost(time.monotonic()))
         if abort:
@@ -451,6 +543,13 @@ class _Client:
             self.sock.close()
         else:
             self.server.parker.linger(self.sock)
+
+    def _leave_epoll(self) -> None:
+        """Before the socket is closed or handed on: its descriptor may be reused at once."""
+        if self.in_epoll:
+            hub = self.server.hub
+            assert hub is not None
+            hub.forget(self)
 
     def poke(self, now: float) -> None:
         """The parker's turn: a timer is due, or the server is stopping."""
@@ -473,7 +572,7 @@ class _Client:
         if self.eof:
             return True
         try:
-            self.sock.settimeout(0.0)
+            self._set_timeout(0.0)
             return not self.sock.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
@@ -501,7 +600,10 @@ class _Client:
             self._flush()
             return
         server = self.server
-        cycle = WsgiCycle(server.app, stream, self, WsgiErrors(_log_app_error), server.extra)
+        errors = self.errors
+        if errors is None:
+            errors = self.errors = WsgiErrors(_log_app_error)
+        cycle = WsgiCycle(server.app, stream, self, errors, server.extra)
         try:
             cycle.run()
         except ClientDisconnected:
@@ -543,8 +645,79 @@ class _Client:
             self._io(block=True)
 
 
+class _EpollHub:
+    """Linux: the parked connections' sockets in one epoll set that every idle worker polls.
+
+    Each socket is registered one-shot, so readiness goes to exactly one worker and disarms the
+    socket until its holder parks it again (``watch`` re-arms it). The queue of new connections
+    signals through an eventfd in the same set, level-triggered: readable while the queue is
+    not empty, so idle workers wait in one place for both.
+    """
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.queue_signal = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self.queue_signal, select.EPOLLIN)
+        self.clients: dict[int, _Client] = {}  # by file descriptor
+        self.closed = False
+
+    def watch(self, client: _Client) -> None:
+        """By the connection's holder, before it marks it parked: arm its socket."""
+        fd = client.fd
+        try:
+            if client.in_epoll:
+                self.epoll.modify(fd, _ARMED)
+                return
+            self.clients[fd] = client
+            client.in_epoll = True
+            try:
+                self.epoll.register(fd, _ARMED)
+            except FileExistsError:  # registered under an earlier connection on this descriptor
+                self.epoll.modify(fd, _ARMED)
+        except (OSError, ValueError):  # the set was closed: the server is exiting
+            pass
+
+    def forget(self, client: _Client) -> None:
+        """By the connection's holder, before its socket is closed."""
+        client.in_epoll = False
+        if self.clients.get(client.fd) is client:
+            del self.clients[client.fd]
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(client.fd)
+
+    def signal(self) -> None:
+        """Under the server's lock, when the queue stops being empty (or the server exits)."""
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                os.eventfd_write(self.queue_signal, 1)
+
+    def clear(self) -> None:
+        """Under the server's lock, when the queue became empty."""
+        if not self.closed:
+            with contextlib.suppress(OSError):
+                os.eventfd_read(self.queue_signal)
+
+    def close(self) -> None:
+        """Under the server's lock: a closed descriptor's number may be reused at once."""
+        self.closed = True
+        self.epoll.close()
+        os.close(self.queue_signal)
+
+
+def epoll_available() -> bool:
+    return hasattr(select, "epoll") and hasattr(os, "eventfd")
+
+
 class _Parker:
-    """Holds connections that wait for bytes, in a selector on one thread of its own."""
+    """The timers of parked connections, the stop of the server for them, and lingering closes,
+    on one thread of its own. Without an ``_EpollHub`` it also watches the parked connections'
+    sockets in a selector and queues those that become readable.
+
+    Each parked connection has at most one timer that matters, ``client.timer_at``: parking
+    schedules a timer only when it is earlier than that one, so a busy keep-alive connection
+    does not add a heap entry per request. A timer that fires early (the deadline has moved
+    since) costs one ``poke`` that finds nothing due and schedules the real one.
+    """
 
     def __init__(self, server: ThreadedServer) -> None:
         self.server = server
@@ -554,20 +727,39 @@ class _Parker:
         self._wake_w.setblocking(False)
         self.selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
-        self._incoming: list[_Client] = []
+        self._incoming: list[_Client] = []  # to watch in the selector (no _EpollHub)
         self._incoming_linger: list[socket.socket] = []
         self._exit = False
-        self._parked: set[_Client] = set()
         self._watched: set[_Client] = set()
-        self._timers: list[tuple[float, int, int, _Client]] = []  # (at, token, seq, client)
+        self._timers: list[tuple[float, int, _Client]] = []  # (at, seq, client)
         self._seq = itertools.count()
+        # When the thread looks at its timers next at the latest; -inf while it is awake.
+        self._wake_at = -math.inf
         self._lingering: deque[tuple[float, socket.socket]] = deque()
         self._stop_seen = False
         self.thread = threading.Thread(target=self._run, name="tiercel-parker", daemon=True)
 
     # -- from other threads -------------------------------------------------------------------
 
-    def park(self, client: _Client) -> None:
+    def schedule(self, client: _Client, at: float) -> None:
+        """A timer for a parked connection (``poke`` at ``at``)."""
+        current = client.timer_at
+        if current is not None and current <= at:
+            # Read without the lock: had this thread popped it meanwhile, it would take the
+            # (parked) connection and schedule its timer again.
+            return
+        with self._lock:
+            current = client.timer_at
+            if current is not None and current <= at:
+                return
+            client.timer_at = at
+            heapq.heappush(self._timers, (at, next(self._seq), client))
+            wake = at < self._wake_at
+        if wake:
+            self.wake()
+
+    def watch(self, client: _Client) -> None:
+        """A parked connection whose socket the selector should watch (no _EpollHub)."""
         with self._lock:
             self._incoming.append(client)
         self.wake()
@@ -610,6 +802,7 @@ class _Parker:
             incoming, self._incoming = self._incoming, []
             lingering, self._incoming_linger = self._incoming_linger, []
             leaving = self._exit
+            self._wake_at = -math.inf
         now = time.monotonic()
         for sock in lingering:
             sock.setblocking(False)
@@ -620,21 +813,26 @@ class _Parker:
                 continue
             self._lingering.append((now + LINGER_SECONDS, sock))
         for client in incoming:
-            self._parked.add(client)
-            self._watch(client)
+            # Only this thread claims connections when there is no _EpollHub, so one still
+            # parked stays parked until this thread takes it.
+            if client.parked and client not in self._watched:
+                self.selector.register(client.sock, selectors.EVENT_READ, client)
+                self._watched.add(client)
         if leaving:
             return False
-        if self.server.stopping and (not self._stop_seen or incoming):
+        if self.server.stopping and not self._stop_seen:
             self._stop_seen = True
-            for client in list(self._parked):
-                if not client.shutdown_sent:
+            for client in self.server.clients_snapshot():
+                if client.claim():
                     self._service(client, now)
         self._run_timers(now)
-        timeout = POLL
-        if self._timers:
-            timeout = min(timeout, max(self._timers[0][0] - now, 0.0))
-        if self._lingering:
-            timeout = min(timeout, max(self._lingering[0][0] - now, 0.0))
+        with self._lock:
+            timeout = POLL
+            if self._timers:
+                timeout = min(timeout, max(self._timers[0][0] - now, 0.0))
+            if self._lingering:
+                timeout = min(timeout, max(self._lingering[0][0] - now, 0.0))
+            self._wake_at = now + timeout
         for key, _ in self.selector.select(timeout):
             data = key.data
             if data is None:
@@ -643,22 +841,11 @@ class _Parker:
                         pass
             elif isinstance(data, _Client):
                 self._unwatch(data)
-                self._parked.discard(data)
-                self.server.dispatch(data)
+                if data.claim():
+                    self.server.dispatch(data)
             else:
                 self._drain(data)
         return True
-
-    def _watch(self, client: _Client) -> None:
-        conn = client.conn
-        assert conn is not None
-        client.park_token += 1
-        if conn.wants_read and not client.eof:
-            self.selector.register(client.sock, selectors.EVENT_READ, client)
-            self._watched.add(client)
-        deadline = client.next_deadline()
-        if deadline is not None:
-            heapq.heappush(self._timers, (deadline, client.park_token, next(self._seq), client))
 
     def _unwatch(self, client: _Client) -> None:
         if client in self._watched:
@@ -666,25 +853,29 @@ class _Parker:
             self.selector.unregister(client.sock)
 
     def _service(self, client: _Client, now: float) -> None:
+        """A connection this thread claimed: its timers or its shutdown, then park it again."""
         self._unwatch(client)
         try:
             client.poke(now)
+            if client.dead:
+                return
+            if client.pending or not client.park():
+                self.server.dispatch(client)  # a worker takes it from here
         except Exception:
             log.exception("unexpected error in a parked connection's timer; closing it")
             client._close(abort=True)
-        if client.dead:
-            self._parked.discard(client)
-        elif client.pending:
-            self._parked.discard(client)
-            self.server.dispatch(client)
-        else:
-            self._watch(client)
 
     def _run_timers(self, now: float) -> None:
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            _, token, _, client = heapq.heappop(timers)
-            if client in self._parked and token == client.park_token:
+        due: list[_Client] = []
+        with self._lock:
+            timers = self._timers
+            while timers and timers[0][0] <= now:
+                at, _, client = heapq.heappop(timers)
+                if client.timer_at == at:  # else a later parking scheduled an earlier timer
+                    client.timer_at = None
+                    due.append(client)
+        for client in due:
+            if client.claim():
                 self._service(client, now)
         lingering = self._lingering
         while lingering and lingering[0][0] <= now:
@@ -709,10 +900,10 @@ class _Parker:
         sock.close()
 
     def _cleanup(self) -> None:
-        for client in list(self._parked):
-            self._unwatch(client)
-            client._close(abort=True)
-        self._parked.clear()
+        for client in self.server.clients_snapshot():
+            if client.claim():
+                self._unwatch(client)
+                client._close(abort=True)
         while self._lingering:
             self._close_lingering(self._lingering.popleft()[1])
         with self._lock:
@@ -736,7 +927,10 @@ class ThreadedServer:
         *,
         threads: int | None = None,
         queue_limit: int | None = None,
+        epoll: bool | None = None,
     ) -> None:
+        """``epoll``: park connections in the shared epoll set (``_EpollHub``); False: in the
+        parker's selector, the portable way; None: epoll where there is one (Linux)."""
         self.interface = resolve_interface(app, options.interface, unclear="wsgi")
         if self.interface != "wsgi":
             name = getattr(app, "__qualname__", type(app).__name__)
@@ -761,6 +955,12 @@ class ThreadedServer:
         self.extra: dict[str, Any] = {"SERVER_SOFTWARE": "tiercel"}
         self.listeners: list[Listener] = []
         self.endpoints: EndpointManager | None = None
+        if epoll and not epoll_available():
+            raise ConfigError(
+                "epoll parking needs Linux (select.epoll and os.eventfd); leave epoll unset"
+            )
+        self._use_epoll = epoll_available() if epoll is None else epoll
+        self.hub: _EpollHub | None = None  # made by start_serving
         self.parker = _Parker(self)
         self.stopping = False
         self._cond = threading.Condition()
@@ -810,9 +1010,12 @@ class ThreadedServer:
                 listener.close()
             raise
         self._started = True
+        if self._use_epoll:
+            self.hub = _EpollHub()
         self.parker.thread.start()
+        work = self._work if self.hub is None else self._work_polling
         for number in range(self.threads):
-            self._spawn(self._work, f"tiercel-worker-{number + 1}", self._threads)
+            self._spawn(work, f"tiercel-worker-{number + 1}", self._threads)
         self._spawn(self._tick, "tiercel-ticker", self._threads)
         for listener in self.listeners:
             listener.sock.settimeout(POLL)
@@ -875,11 +1078,16 @@ class ThreadedServer:
         with self._cond:
             self._exiting = True
             self._cond.notify_all()
+            if self.hub is not None:
+                self.hub.signal()  # wakes every polling worker: the eventfd stays readable
         self._ticker_stop.set()
         give_up = time.monotonic() + 2.0
         for thread in self._threads:
             thread.join(max(give_up - time.monotonic(), 0.0))
         self.parker.stop()
+        if self.hub is not None:
+            with self._cond:
+                self.hub.close()
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             log.warning("%d worker thread(s) still inside the app; leaving them", len(stuck))
@@ -1014,8 +1222,7 @@ class ThreadedServer:
                 if handoff is not None:
                     client.handoff = handoff
                 self._clients.add(client)
-                self._queue.append(client)
-                self._cond.notify()
+                self._enqueue(client)
         if warn:
             self._warn_saturated(waiting + 1)
         if refused:
@@ -1057,11 +1264,18 @@ class ThreadedServer:
         """Queue a parked connection that has work again (never refused)."""
         with self._cond:
             warn = self._must_wait()
-            self._queue.append(client)
+            self._enqueue(client)
             waiting = len(self._queue)
-            self._cond.notify()
         if warn:
             self._warn_saturated(waiting)
+
+    def _enqueue(self, client: _Client) -> None:
+        """Under the lock: wake a worker for it."""
+        self._queue.append(client)
+        if self.hub is None:
+            self._cond.notify()
+        elif len(self._queue) == 1:
+            self.hub.signal()
 
     def _must_wait(self) -> bool:
         """Under the lock, before queueing: whether a saturation episode begins that should be
@@ -1088,6 +1302,10 @@ class ThreadedServer:
             self._clients.discard(client)
         self.context.connection_closed()
 
+    def clients_snapshot(self) -> list[_Client]:
+        with self._cond:
+            return list(self._clients)
+
     def _take(self) -> _Client | None:
         with self._cond:
             while not self._queue:
@@ -1098,20 +1316,65 @@ class ThreadedServer:
             return self._queue.popleft()
 
     def _work(self) -> None:
+        """A worker without an _EpollHub: connections come from the queue only."""
         while (client := self._take()) is not None:
-            park = False
+            self._serve(client)
+
+    def _work_polling(self) -> None:
+        """A worker with an _EpollHub: it waits in the epoll set for a readable parked
+        connection (claimed and served here, no other thread involved) or for the queue."""
+        hub = self.hub
+        assert hub is not None
+        poll = hub.epoll.poll
+        queue_signal = hub.queue_signal
+        by_fd = hub.clients
+        cond = self._cond
+        while not self._exiting:
             try:
-                park = client.serve()
-            except BaseException:
-                log.exception("unexpected error while serving a connection; closing it")
-                client._close(abort=True)
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    if not self._queue:
-                        self._saturated = False  # the episode is over
-            if park:
-                self.parker.park(client)
+                ready = poll(POLL, 1)
+            except (OSError, ValueError):  # closed: the server has exited
+                return
+            if not ready:
+                continue
+            fd = ready[0][0]
+            if fd == queue_signal:
+                client = self._take_queued()
+                if client is None:
+                    continue
+            else:
+                client = by_fd.get(fd)
+                if client is None or not client.claim():
+                    continue
+                with cond:
+                    self._busy += 1
+            self._serve(client)
+
+    def _take_queued(self) -> _Client | None:
+        """With an _EpollHub: the first queued connection, if another worker did not take it."""
+        hub = self.hub
+        assert hub is not None
+        with self._cond:
+            if not self._queue:
+                return None
+            client = self._queue.popleft()
+            self._busy += 1
+            if not self._queue and not self._exiting:
+                hub.clear()
+            return client
+
+    def _serve(self, client: _Client) -> None:
+        """Serve a connection this worker holds until it is parked or closed."""
+        try:
+            while client.serve() and not client.park():
+                pass  # something happened while it was being parked: serve it again
+        except BaseException:
+            log.exception("unexpected error while serving a connection; closing it")
+            client._close(abort=True)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                if not self._queue:
+                    self._saturated = False  # the episode is over
 
     def _tick(self) -> None:
         seconds = 0

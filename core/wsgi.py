@@ -101,24 +101,64 @@ def wsgi_string(text: str) -> str:
 
 
 def _server_name_port(stream: HttpStream) -> tuple[str, str]:
-    default_port = "443" if stream.scheme == "https" else "80"
     for name, value in stream.headers:
         if name == b"host" and value:
-            host = value.decode("latin-1")
-            if host.startswith("["):  # [v6]:port
-                end = host.find("]")
-                if end > 0:
-                    port = host[end + 2 :] if host[end + 1 : end + 2] == ":" else ""
-                    return host[: end + 1], port if port.isdigit() else default_port
-            name_part, sep, port = host.rpartition(":")
-            if sep and port.isdigit():
-                return name_part, port
-            return host, default_port
+            return _host_name_port(value, stream.scheme)
+    return _local_name_port(stream)
+
+
+def _host_name_port(value: bytes, scheme: str) -> tuple[str, str]:
+    """``SERVER_NAME`` and ``SERVER_PORT`` from a non-empty Host header (remembered: clients
+    send the same few)."""
+    known = _HOST_CACHE.get((value, scheme))
+    if known is not None:
+        return known
+    default_port = "443" if scheme == "https" else "80"
+    host = value.decode("latin-1")
+    answer: tuple[str, str] | None = None
+    if host.startswith("["):  # [v6]:port
+        end = host.find("]")
+        if end > 0:
+            port = host[end + 2 :] if host[end + 1 : end + 2] == ":" else ""
+            answer = host[: end + 1], port if port.isdigit() else default_port
+    if answer is None:
+        name_part, sep, port = host.rpartition(":")
+        answer = (name_part, port) if sep and port.isdigit() else (host, default_port)
+    if len(_HOST_CACHE) >= _CACHE_SIZE:
+        _HOST_CACHE.clear()
+    _HOST_CACHE[(value, scheme)] = answer
+    return answer
+
+
+def _local_name_port(stream: HttpStream) -> tuple[str, str]:
+    """No Host header: the address the request came in on."""
     local = stream.local_address
     if isinstance(local, tuple):
         host = local[0]
         return (f"[{host}]" if ":" in host else host), str(local[1])
-    return "localhost", default_port  # a unix socket, and no Host header
+    return "localhost", "443" if stream.scheme == "https" else "80"  # a unix socket
+
+
+# Bounded caches of what requests repeat (Host values, header names, status lines, header
+# lists): when one is full it starts over, so varied input costs a dictionary insertion each.
+_CACHE_SIZE = 512
+_HOST_CACHE: dict[tuple[bytes, str], tuple[str, str]] = {}
+# A request header's lower-case name -> its environ key; "" for those left out.
+_ENVIRON_KEYS: dict[bytes, str] = {b"content-length": ""}
+
+
+def _environ_key(raw_name: bytes) -> str:
+    name = raw_name.decode("latin-1")
+    if raw_name == b"content-length" or "_" in name:
+        key = ""
+    elif name == "content-type":
+        key = "CONTENT_TYPE"
+    else:
+        key = "HTTP_" + name.upper().replace("-", "_")
+    if len(_ENVIRON_KEYS) >= _CACHE_SIZE:
+        _ENVIRON_KEYS.clear()
+    _ENVIRON_KEYS[raw_name] = key
+    return key
 
 
 def wsgi_environ(
@@ -134,41 +174,54 @@ def wsgi_environ(
     with "; "). Headers whose names contain "_" are left out, as nginx and gunicorn do: in the
     environ they would be indistinguishable from the "-" spelling a proxy may have vetted.
     """
-    path_base = stream.path_base
-    script_name = wsgi_string(path_base)
-    path_info = unquote_to_bytes(stream.raw_path).decode("latin-1")
+    environ = _CONSTANT_ENVIRON.copy()
+    host = _add_headers(environ, stream.headers)
+    script_name = wsgi_string(stream.path_base)
+    raw_path = stream.raw_path
+    path_info = (unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path).decode("latin-1")
     if script_name and path_info.startswith(script_name):
         path_info = path_info[len(script_name) :]
-    server_name, server_port = _server_name_port(stream)
-    environ: Environ = {
-        "REQUEST_METHOD": stream.method,
-        "SCRIPT_NAME": script_name,
-        "PATH_INFO": path_info,
-        "QUERY_STRING": stream.query_string.decode("latin-1"),
-        "SERVER_NAME": server_name,
-        "SERVER_PORT": server_port,
-        "SERVER_PROTOCOL": stream.protocol,
-        "wsgi.version": (1, 0),
-        "wsgi.url_scheme": stream.scheme,
-        "wsgi.input": wsgi_input,
-        "wsgi.errors": errors,
-        "wsgi.multithread": True,
-        "wsgi.multiprocess": False,
-        "wsgi.run_once": False,
-        # wsgi.input ends at the end of the body (chunked or HTTP/2 bodies have no length).
-        "wsgi.input_terminated": True,
-        "wsgi.file_wrapper": FileWrapper,
-    }
+    scheme = stream.scheme
+    server_name, server_port = _host_name_port(host, scheme) if host else _local_name_port(stream)
+    environ["REQUEST_METHOD"] = stream.method
+    environ["SCRIPT_NAME"] = script_name
+    environ["PATH_INFO"] = path_info
+    environ["QUERY_STRING"] = stream.query_string.decode("latin-1")
+    environ["SERVER_NAME"] = server_name
+    environ["SERVER_PORT"] = server_port
+    environ["SERVER_PROTOCOL"] = stream.protocol
+    environ["wsgi.url_scheme"] = scheme
+    environ["wsgi.input"] = wsgi_input
+    environ["wsgi.errors"] = errors
     remote = stream.remote_address
     if remote is not None:
         environ["REMOTE_ADDR"] = remote[0]
         environ["REMOTE_PORT"] = str(remote[1])
     if stream.request_content_length is not None:
         environ["CONTENT_LENGTH"] = str(stream.request_content_length)
-    add_header_variables(environ, stream.headers)
     if extra:
         environ.update(extra)
     return environ
+
+
+def _add_headers(environ: Environ, headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """``add_header_variables``, and the first non-empty Host header's value, in one pass."""
+    host: bytes | None = None
+    keys = _ENVIRON_KEYS
+    for raw_name, raw_value in headers:
+        key = keys.get(raw_name)
+        if key is None:
+            key = _environ_key(raw_name)
+        if not key:
+            continue
+        value = raw_value.decode("latin-1")
+        previous = environ.get(key)
+        if previous is not None:
+            value = previous + ("; " if key == "HTTP_COOKIE" else ", ") + value
+        environ[key] = value
+        if host is None and key == "HTTP_HOST" and raw_value:
+            host = raw_value
+    return host
 
 
 def add_header_variables(environ: Environ, headers: Iterable[tuple[bytes, bytes]]) -> None:
@@ -179,18 +232,7 @@ def add_header_variables(environ: Environ, headers: Iterable[tuple[bytes, bytes]
     from the "-" spelling a proxy may have vetted. Repeated headers are joined with ", "
     (cookies with "; ").
     """
-    for raw_name, raw_value in headers:
-        if raw_name == b"content-length":
-            continue
-        name = raw_name.decode("latin-1")
-        if "_" in name:
-            continue
-        value = raw_value.decode("latin-1")
-        key = "CONTENT_TYPE" if name == "content-type" else "HTTP_" + name.upper().replace("-", "_")
-        previous = environ.get(key)
-        if previous is not None:
-            value = previous + ("; " if name == "cookie" else ", ") + value
-        environ[key] = value
+    _add_headers(environ, headers)
 
 
 class WsgiErrors:
@@ -399,10 +441,37 @@ def _file_size(fd: int) -> int | None:
     return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
+# What every environ holds; each request's starts as a copy.
+_CONSTANT_ENVIRON: Environ = {
+    "wsgi.version": (1, 0),
+    "wsgi.multithread": True,
+    "wsgi.multiprocess": False,
+    "wsgi.run_once": False,
+    # wsgi.input ends at the end of the body (chunked or HTTP/2 bodies have no length).
+    "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,
+}
+
+
 # -- start_response, write(), the iterable -------------------------------------------------
 
 
 def parse_status(status: Any) -> tuple[int, str | None]:
+    if type(status) is str:
+        known = _STATUS_CACHE.get(status)
+        if known is not None:
+            return known
+    parsed = _parse_status(status)
+    if len(_STATUS_CACHE) >= _CACHE_SIZE:
+        _STATUS_CACHE.clear()
+    _STATUS_CACHE[status] = parsed
+    return parsed
+
+
+_STATUS_CACHE: dict[str, tuple[int, str | None]] = {}
+
+
+def _parse_status(status: Any) -> tuple[int, str | None]:
     if not isinstance(status, str):
         raise WsgiError(
             f"start_response: status must be a str like '200 OK' (got {type(status).__name__} "
@@ -436,7 +505,31 @@ def parse_status(status: Any) -> tuple[int, str | None]:
 
 
 def parse_headers(headers: Any) -> tuple[Headers, int | None]:
-    """The app's headers as the engine's byte pairs, checked; plus the Content-Length."""
+    """The app's headers as the engine's byte pairs, checked; plus the Content-Length.
+
+    Apps send the same few header lists again and again: a list seen before (equal, item by
+    item, to one that passed every check) is answered from a cache."""
+    key: tuple[Any, ...] | None = None
+    if type(headers) is list or type(headers) is tuple:
+        try:
+            key = tuple(headers)
+            known = _HEADERS_CACHE.get(key)
+        except TypeError:  # items that are not hashable (lists): checked every time
+            key = known = None
+        if known is not None:
+            return list(known[0]), known[1]
+    out, length = _parse_headers(headers)
+    if key is not None:
+        if len(_HEADERS_CACHE) >= _CACHE_SIZE:
+            _HEADERS_CACHE.clear()
+        _HEADERS_CACHE[key] = (tuple(out), length)
+    return out, length
+
+
+_HEADERS_CACHE: dict[tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], int | None]] = {}
+
+
+def _parse_headers(headers: Any) -> tuple[Headers, int | None]:
     if not isinstance(headers, list | tuple):
         raise WsgiError(
             "start_response: response_headers must be a list of (name, value) tuples "
@@ -542,16 +635,19 @@ class WsgiResponse:
     def send_iterable(self, result: Iterable[bytes]) -> None:
         """Send what the app returned, then end the response; ``close()`` it in every case."""
         try:
-            if isinstance(result, FileWrapper):
-                if not self._send_file_raw(result):
-                    self._send_chunks(result.blocks(max(result.blksize, FILE_BLOCK_SIZE)))
-            elif type(result) is list or type(result) is tuple:
+            if type(result) is list or type(result) is tuple:
                 # A body known in full: one write, with a Content-Length the engine computes.
-                body = b"".join(
-                    _as_bytes(chunk, "each item of the app's result") for chunk in result
-                )
+                if len(result) == 1 and type(result[0]) is bytes:
+                    body = result[0]  # the usual [body]: no join, no copy
+                else:
+                    body = b"".join(
+                        _as_bytes(chunk, "each item of the app's result") for chunk in result
+                    )
                 self._require_status()
                 self._send(body, end=True)
+            elif isinstance(result, FileWrapper):
+                if not self._send_file_raw(result):
+                    self._send_chunks(result.blocks(max(result.blksize, FILE_BLOCK_SIZE)))
             else:
                 self._send_chunks(result)
         finally:

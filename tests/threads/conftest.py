@@ -8,15 +8,21 @@ from typing import Any
 
 import pytest
 from threads_harness import LogCollector, RunningThreadedServer
+from tiercel.adapters.threads_adapter import epoll_available
+
+PARKING = ["epoll", "selector"] if epoll_available() else ["selector"]
 
 
-@pytest.fixture
-def threads_serve() -> Iterator[Callable[..., RunningThreadedServer]]:
+@pytest.fixture(params=PARKING)
+def threads_serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., RunningThreadedServer]]:
     """``threads_serve(app, threads=..., queue_limit=..., limits=...)`` starts a threaded
-    server; all are stopped after the test."""
+    server; all are stopped after the test. Each test runs once per way of parking idle
+    connections: the shared epoll set (Linux) and the parker's selector (everywhere)."""
     servers: list[RunningThreadedServer] = []
+    epoll = request.param == "epoll"
 
     def start(app: Any, **kwargs: Any) -> RunningThreadedServer:
+        kwargs.setdefault("epoll", epoll)
         running = RunningThreadedServer(app, **kwargs).start()
         servers.append(running)
         return running

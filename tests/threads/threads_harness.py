@@ -30,6 +30,7 @@ class RunningThreadedServer:
         interface: str = "auto",
         protocols: str = "http1andhttp2",
         tls: Any = None,
+        epoll: bool | None = None,
     ) -> None:
         options = ServerOptions(
             urls=urls,
@@ -41,7 +42,9 @@ class RunningThreadedServer:
             protocols=protocols,
             tls=tls,
         )
-        self.server = ThreadedServer(app, options, threads=threads, queue_limit=queue_limit)
+        self.server = ThreadedServer(
+            app, options, threads=threads, queue_limit=queue_limit, epoll=epoll
+        )
         self._stopped = False
 
     def start(self) -> RunningThreadedServer:
