@@ -17,7 +17,7 @@ def lint(session):
 
 @nox.session(python=PYTHON)
 def typecheck(session):
-    session.install("mypy>=1.10", "h11>=0.16", "h2>=4.4")
+    session.install("mypy>=1.10", "h11>=0.16", "hpack>=4.1")
     # core/ is checked strictly on its own: it imports nothing from the rest of tiercel.
     session.run("mypy", "--strict", "core")
 

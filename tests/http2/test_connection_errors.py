@@ -137,27 +137,8 @@ CASES: dict[str, tuple[Callable[[H2Client], bytes], ErrorCodes]] = {
     ),
 }
 
-XFAIL = {
-    "settings-ack-with-payload": "BUG: a SETTINGS ACK with a payload gets GOAWAY(PROTOCOL_ERROR), "
-    "not FRAME_SIZE_ERROR (RFC 9113 6.5): hyperframe raises InvalidDataError for it and h2's "
-    "FrameBuffer maps that to PROTOCOL_ERROR; Http2Protocol.receive_data keeps h2's code",
-    "invalid-hpack": "BUG: an undecodable header block gets GOAWAY(PROTOCOL_ERROR), not "
-    "COMPRESSION_ERROR (RFC 9113 4.3): h2's _decode_headers raises a plain ProtocolError for "
-    "HPACK errors and Http2Protocol.receive_data just keeps h2's GOAWAY code",
-}
 
-
-def params() -> list:
-    out = []
-    for name in CASES:
-        marks = []
-        if name in XFAIL:
-            marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[name]))
-        out.append(pytest.param(name, id=name, marks=marks))
-    return out
-
-
-@pytest.mark.parametrize("name", params())
+@pytest.mark.parametrize("name", list(CASES))
 def test_connection_error_gets_goaway_with_the_right_code(
     name: str, connect: Callable[..., H2Client], h2server
 ) -> None:

@@ -203,12 +203,6 @@ def test_body_of_a_content_length_mismatch_is_credited_to_the_connection(
     assert bytes(result.body) == b"100000"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: frames that arrive on a stream after the server reset it are answered with "
-    "another RST_STREAM(STREAM_CLOSED) each (h2's _handle_data_on_closed_stream), where "
-    "RFC 9113 5.1 says the endpoint MUST ignore them",
-)
 def test_frames_on_a_stream_the_server_reset_are_ignored(
     connect: Callable[..., H2Client],
 ) -> None:
