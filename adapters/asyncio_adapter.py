@@ -82,7 +82,8 @@ class _Connection(asyncio.Protocol):
         self._grace: asyncio.TimerHandle | None = None  # FIRST_REQUEST_GRACE, while stopping
         # Requests whose apps start eagerly once the flush in progress is written (_sync).
         self._eager_requests: list[HttpStream] = []
-        # Pipelined responses held back to be written together (_hold).
+        # Apps started and not yet running, and the bytes held back until they have (_hold).
+        self._unstarted = 0
         self._held: list[bytes] | None = None
         self._held_size = 0
         self._held_write: asyncio.Handle | None = None
@@ -190,11 +191,8 @@ class _Connection(asyncio.Protocol):
         if conn is None or transport is None:
             return
         events, data, action, deadline = conn.flush()
-        pipelined = False
-        if events:
-            touched, pipelined = self._dispatch(events)
-            if touched:
-                events, data, action, deadline = conn.flush()  # dispatching changed the engine
+        if events and self._dispatch(events):
+            events, data, action, deadline = conn.flush()  # dispatching changed the engine
         if self._closed:
             if action == ABORT:
                 self._abort_transport(transport)
@@ -205,8 +203,8 @@ class _Connection(asyncio.Protocol):
             self._abort_transport(transport)
             return
         if data:
-            if pipelined and action != CLOSE and self._hold(data):
-                pass  # written with the next pipelined response, or on the loop's next turn
+            if self._unstarted and action != CLOSE and self._hold(data):
+                pass  # written with what those apps send, or on the loop's next turn
             elif self._held is not None:
                 self._held.extend((data,) if type(data) is bytes else data)
                 self._write_held()  # the held responses and this one, in one write
@@ -234,10 +232,10 @@ class _Connection(asyncio.Protocol):
             self._set_timer(deadline)
 
     def _hold(self, data: bytes | list[bytes]) -> bool:
-        """A response just finished and the next pipelined request's app has just been
-        started: hold the response back until that app has had its first turn, so that
-        pipelined responses go out in one write instead of one each. An app that waits does
-        not delay anything: the held bytes go out as soon as its first turn ends."""
+        """Apps of this connection have been started and have not had their first turn yet
+        (the next pipelined request; more HTTP/2 streams): hold these bytes until they have,
+        so that their answers go out in one write instead of one each. An app that waits
+        delays nothing: the held bytes go out as soon as the first turns are over."""
         held = self._held
         if held is None:
             held = self._held = []
@@ -300,11 +298,10 @@ class _Connection(asyncio.Protocol):
         self._dispatch(conn.on_timer(now))
         self._sync()
 
-    def _dispatch(self, events: Sequence[Event]) -> tuple[bool, bool]:
-        """Act on the engine's events. Returns whether that may have changed the engine's
-        state (a delegation refused), so the caller flushes again, and whether a request was
-        started."""
-        touched = started = False
+    def _dispatch(self, events: Sequence[Event]) -> bool:
+        """Act on the engine's events; True when that may have changed the engine's state
+        (a delegation refused), so the caller flushes again."""
+        touched = False
         for event in events:
             if type(event) is StreamUpdated:
                 waiters = self._waiters.pop(event.stream, None)
@@ -313,15 +310,15 @@ class _Connection(asyncio.Protocol):
                         if not waiter.done():
                             waiter.set_result(None)
             elif type(event) is RequestReceived:
+                self._unstarted += 1  # until run_asgi / run_wsgi begins
                 if EAGER_TASKS:
                     self._eager_requests.append(event.stream)  # started by _sync
                 else:
                     self._server.start_request(self, event.stream)
-                started = True
             elif type(event) is ConnectionDelegated:
                 self._hand_off(event)
                 touched = True
-        return touched, started
+        return touched
 
     def _hand_off(self, event: ConnectionDelegated) -> None:
         """Request delegation: the socket goes to the queue's server. Closing our descriptor
@@ -385,6 +382,7 @@ class _Connection(asyncio.Protocol):
     # -- the app's side ---------------------------------------------------------------------
 
     async def run_asgi(self, app: ASGIApp, stream: HttpStream) -> None:
+        self._unstarted -= 1
         loop = self._loop
         server = self._server
         cycle = AsgiHttpCycle(stream)
@@ -535,6 +533,7 @@ class _Connection(asyncio.Protocol):
             await waiter
 
     async def run_wsgi(self, stream: HttpStream) -> None:
+        self._unstarted -= 1
         server = self._server
         host = _LoopWsgiHost(self, stream)
         errors = WsgiErrors(partial(log.error, "%s"))

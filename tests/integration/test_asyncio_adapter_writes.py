@@ -1,8 +1,9 @@
 """How the asyncio adapter starts apps and writes their answers.
 
-- Pipelined responses share writes: a response that finishes just as the next pipelined request
-  starts is held until that request's app has had its first turn, then both go out together.
-  Holding must never delay a response behind an app that waits.
+- Answers share writes: bytes produced while apps of the same connection have been started but
+  not yet run (the next pipelined request, HTTP/2 streams that arrived together) are held until
+  those apps have had their first turn, then go out together. Holding must never delay an
+  answer behind an app that waits.
 - On Python 3.12 and later, an app starts eagerly: one that answers without waiting has its
   answer written before the read that brought the request returns, with a current task set.
 """
@@ -129,3 +130,34 @@ def test_pipelined_answers_keep_their_order_when_apps_start_eagerly(count):
     data, _ = asyncio.run(_serve_pipelined(count))
     positions = [data.index(b"\r\n\r\n/%d" % i) for i in range(count)]
     assert positions == sorted(positions)
+
+
+async def _serve_h2_streams(count: int) -> tuple[bytes, int]:
+    import h2.config
+    import h2.connection
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    for index in range(count):
+        stream_id = client.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "http"), (":authority", "x")]
+        client.send_headers(stream_id, [*headers, (":path", f"/{index}")], end_stream=True)
+    connection, transport = _connect(numbered_app)
+    connection.data_received(client.data_to_send())
+    for _ in range(100):
+        await asyncio.sleep(0)
+    answered = {
+        event.stream_id
+        for event in client.receive_data(b"".join(transport.out))
+        if type(event).__name__ == "StreamEnded"
+    }
+    assert len(answered) == count
+    return b"".join(transport.out), transport.write_calls
+
+
+def test_answers_to_http2_streams_started_together_share_a_write():
+    """Ten streams in one read: their apps start together, and what each sends is held until
+    the last has had its first turn, so the server's SETTINGS and the ten answers go out in
+    one write, not eleven."""
+    _, write_calls = asyncio.run(_serve_h2_streams(10))
+    assert write_calls == 1
