@@ -51,6 +51,8 @@ log = logging.getLogger("tiercel.error")
 
 # After sending FIN, how long to keep reading (and discarding) before closing for good.
 LINGER_SECONDS = 2.0
+# Deadlines further away than this wait on the server's heartbeat, not on a loop timer each.
+HEARTBEAT_HORIZON = 2.0
 # Python 3.12 starts tasks eagerly on request (asyncio.Task(..., eager_start=True)).
 EAGER_TASKS = sys.version_info >= (3, 12)
 # Pipelined responses held back to share one write (_Connection._hold) never exceed this.
@@ -69,6 +71,7 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._timer_parked = False  # the deadline waits on the server's heartbeat
         # Waiters per stream: an app may wait in receive() and send() at the same time.
         self._waiters: dict[HttpStream, list[asyncio.Future[None]]] = {}
         self._linger: asyncio.TimerHandle | None = None
@@ -148,6 +151,8 @@ class _Connection(asyncio.Protocol):
         self._server.context.connection_closed()
         if self._timer is not None:
             self._timer.cancel()
+        if self._timer_parked:
+            self._server.heartbeat.discard(self)
         if self._linger is not None:
             self._linger.cancel()
         if self._grace is not None:
@@ -228,7 +233,9 @@ class _Connection(asyncio.Protocol):
         # Only move the timer earlier; a timer that fires early just re-arms. This keeps timer
         # churn off the per-request path (the keep-alive deadline moves on every request). A
         # closing connection's last flush is bounded by the engine's write deadline too.
-        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+        if deadline is not None and (
+            (self._timer is None and not self._timer_parked) or deadline < self._timer_at
+        ):
             self._set_timer(deadline)
 
     def _hold(self, data: bytes | list[bytes]) -> bool:
@@ -278,14 +285,34 @@ class _Connection(asyncio.Protocol):
     def _arm_timer(self) -> None:
         conn = self._conn
         deadline = conn.next_deadline() if conn is not None else None
-        if deadline is not None and (self._timer is None or deadline < self._timer_at):
+        if deadline is not None and (
+            (self._timer is None and not self._timer_parked) or deadline < self._timer_at
+        ):
             self._set_timer(deadline)
 
     def _set_timer(self, deadline: float) -> None:
+        """A loop timer for a near deadline; a far one (an idle connection's keep-alive)
+        waits on the server's once-a-second heartbeat instead, as Kestrel's do: a loop timer
+        per idle connection costs more memory than the rest of the connection's Python
+        objects together."""
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
         self._timer_at = deadline
+        if deadline - self._loop.time() > HEARTBEAT_HORIZON:
+            if not self._timer_parked:
+                self._timer_parked = True
+                self._server.heartbeat.add(self)
+            return
+        if self._timer_parked:
+            self._timer_parked = False
+            self._server.heartbeat.discard(self)
         self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def unpark_timer(self) -> None:
+        """The heartbeat found this connection's deadline near: a loop timer takes over."""
+        self._timer_parked = False
+        self._timer = self._loop.call_at(self._timer_at, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -677,6 +704,8 @@ class AsyncioServer(ServesUntilStopped):
             time.time(),
         )
         self.connections: set[_Connection] = set()
+        # Connections whose next deadline is far off: checked once a second (_heartbeat).
+        self.heartbeat: set[_Connection] = set()
         # The task running each request's app; it removes itself when the app is done (cheaper
         # than a done-callback, and than asyncio.current_task(), which costs a getpid on 3.11).
         self.tasks: dict[HttpStream, asyncio.Task[None]] = {}
@@ -776,10 +805,19 @@ class AsyncioServer(ServesUntilStopped):
         seconds = 0
         while True:
             self.context.tick(time.time())
+            self._heartbeat()
             seconds += 1
             if seconds % 2 == 0 and self.endpoints is not None:
                 self.endpoints.poll()  # certificate files changed: reload them
             await asyncio.sleep(1.0 - time.time() % 1.0)
+
+    def _heartbeat(self) -> None:
+        """Connections whose parked deadline is now within the horizon get a loop timer."""
+        horizon = self.loop.time() + HEARTBEAT_HORIZON
+        due = [c for c in self.heartbeat if c._timer_at <= horizon]
+        for connection in due:
+            self.heartbeat.discard(connection)
+            connection.unpark_timer()
 
     def start_request(self, connection: _Connection, stream: HttpStream) -> None:
         """Run the app for a request in its own task: on Python 3.12 and later an eager one,

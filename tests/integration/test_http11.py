@@ -523,6 +523,25 @@ def test_keep_alive_timeout_closes_idle_connection(serve):
     assert 0.4 < time.monotonic() - started < 1.5
 
 
+def test_a_keep_alive_timeout_beyond_the_heartbeat_horizon_still_closes_on_time(serve):
+    """Far deadlines wait on the server's once-a-second heartbeat instead of a loop timer
+    each (adapters/asyncio_adapter.py); the connection must still close when it is due."""
+    from tiercel.adapters.asyncio_adapter import HEARTBEAT_HORIZON
+
+    timeout = HEARTBEAT_HORIZON + 1.5
+    server = serve(echo_app, limits=Limits(keep_alive_timeout=timeout))
+    sock = server.connect()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _ = read_response(sock)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    started = time.monotonic()
+    (connection,) = list(server.server._impl.connections)
+    assert connection._timer is None and connection._timer_parked  # no loop timer while idle
+    assert not is_closed(sock, timeout - 0.5)
+    assert is_closed(sock, 3)
+    assert timeout - 0.1 < time.monotonic() - started < timeout + 1.5
+
+
 def test_idle_connection_without_request_closes_after_keep_alive_timeout(serve):
     server = serve(echo_app, limits=Limits(keep_alive_timeout=0.5))
     sock = server.connect()
