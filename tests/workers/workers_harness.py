@@ -84,6 +84,17 @@ class ClientLoop:
         with self._lock:
             return sum(self.pids.values())
 
+    def wait_for_pids(self, count: int, timeout: float = 15) -> None:
+        """Until answers have come from ``count`` different worker processes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                seen = len(self.pids)
+            if seen >= count:
+                return
+            assert time.monotonic() < deadline, f"answers from only {seen}/{count} workers"
+            time.sleep(0.01)
+
     def wait_served(self, more: int, timeout: float = 15) -> None:
         """Until ``more`` further requests have succeeded."""
         target = self.served + more
