@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from .caches import BoundedCache
 from .errors import LocalProtocolError
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -69,10 +70,8 @@ class HeaderFacts:
 
 
 # Apps send the same few header lists again and again, so the checks and the serialisation are
-# done once per distinct list. Bounded: when full it starts over, so varied headers (a
-# Content-Length per response) cost one dictionary insertion each and nothing accumulates.
-_FACTS_CACHE: dict[tuple[Any, ...], HeaderFacts] = {}
-_FACTS_CACHE_SIZE = 512
+# done once per distinct list.
+_FACTS_CACHE: BoundedCache[tuple[Any, ...], HeaderFacts] = BoundedCache()
 
 
 def cached_header_facts(headers: Any) -> HeaderFacts | None:
@@ -129,7 +128,5 @@ def header_facts(headers: Headers) -> HeaderFacts:
         framing_error=framing_error,
     )
     if key is not None and all(type(item) is tuple for item in key):
-        if len(_FACTS_CACHE) >= _FACTS_CACHE_SIZE:
-            _FACTS_CACHE.clear()
-        _FACTS_CACHE[key] = facts
+        _FACTS_CACHE.remember(key, facts)
     return facts

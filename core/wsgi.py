@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote_to_bytes
 
+from .caches import BoundedCache
 from .errors import LocalProtocolError
 from .files import FileSegment, prepare_file_response
 from .headers import validate_response_headers
@@ -124,10 +125,7 @@ def _host_name_port(value: bytes, scheme: str) -> tuple[str, str]:
     if answer is None:
         name_part, sep, port = host.rpartition(":")
         answer = (name_part, port) if sep and port.isdigit() else (host, default_port)
-    if len(_HOST_CACHE) >= _CACHE_SIZE:
-        _HOST_CACHE.clear()
-    _HOST_CACHE[(value, scheme)] = answer
-    return answer
+    return _HOST_CACHE.remember((value, scheme), answer)
 
 
 def _local_name_port(stream: HttpStream) -> tuple[str, str]:
@@ -139,12 +137,10 @@ def _local_name_port(stream: HttpStream) -> tuple[str, str]:
     return "localhost", "443" if stream.scheme == "https" else "80"  # a unix socket
 
 
-# Bounded caches of what requests repeat (Host values, header names, status lines, header
-# lists): when one is full it starts over, so varied input costs a dictionary insertion each.
-_CACHE_SIZE = 512
-_HOST_CACHE: dict[tuple[bytes, str], tuple[str, str]] = {}
+# What requests repeat (core/caches.py): Host values, header names, status lines, header lists.
+_HOST_CACHE: BoundedCache[tuple[bytes, str], tuple[str, str]] = BoundedCache()
 # A request header's lower-case name -> its environ key; "" for those left out.
-_ENVIRON_KEYS: dict[bytes, str] = {b"content-length": ""}
+_ENVIRON_KEYS: BoundedCache[bytes, str] = BoundedCache()
 
 
 def _environ_key(raw_name: bytes) -> str:
@@ -155,10 +151,7 @@ def _environ_key(raw_name: bytes) -> str:
         key = "CONTENT_TYPE"
     else:
         key = "HTTP_" + name.upper().replace("-", "_")
-    if len(_ENVIRON_KEYS) >= _CACHE_SIZE:
-        _ENVIRON_KEYS.clear()
-    _ENVIRON_KEYS[raw_name] = key
-    return key
+    return _ENVIRON_KEYS.remember(raw_name, key)
 
 
 def wsgi_environ(
@@ -461,14 +454,10 @@ def parse_status(status: Any) -> tuple[int, str | None]:
         known = _STATUS_CACHE.get(status)
         if known is not None:
             return known
-    parsed = _parse_status(status)
-    if len(_STATUS_CACHE) >= _CACHE_SIZE:
-        _STATUS_CACHE.clear()
-    _STATUS_CACHE[status] = parsed
-    return parsed
+    return _STATUS_CACHE.remember(status, _parse_status(status))
 
 
-_STATUS_CACHE: dict[str, tuple[int, str | None]] = {}
+_STATUS_CACHE: BoundedCache[str, tuple[int, str | None]] = BoundedCache()
 
 
 def _parse_status(status: Any) -> tuple[int, str | None]:
@@ -520,13 +509,13 @@ def parse_headers(headers: Any) -> tuple[Headers, int | None]:
             return list(known[0]), known[1]
     out, length = _parse_headers(headers)
     if key is not None:
-        if len(_HEADERS_CACHE) >= _CACHE_SIZE:
-            _HEADERS_CACHE.clear()
-        _HEADERS_CACHE[key] = (tuple(out), length)
+        _HEADERS_CACHE.remember(key, (tuple(out), length))
     return out, length
 
 
-_HEADERS_CACHE: dict[tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], int | None]] = {}
+_HEADERS_CACHE: BoundedCache[
+    tuple[Any, ...], tuple[tuple[tuple[bytes, bytes], ...], int | None]
+] = BoundedCache()
 
 
 def _parse_headers(headers: Any) -> tuple[Headers, int | None]:
