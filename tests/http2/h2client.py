@@ -122,6 +122,27 @@ class RawFrame:
         }
 
 
+def take_frames(buffer: bytearray) -> list[RawFrame]:
+    """The whole frames at the front of ``buffer``, removed from it; a partial one stays."""
+    frames = []
+    while len(buffer) >= 9:
+        length = int.from_bytes(buffer[:3], "big")
+        if len(buffer) < 9 + length:
+            break
+        stream_id = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+        frames.append(RawFrame(buffer[3], buffer[4], stream_id, bytes(buffer[9 : 9 + length])))
+        del buffer[: 9 + length]
+    return frames
+
+
+def split_frames(data: bytes) -> list[RawFrame]:
+    """Every frame in ``data``, which holds whole frames only."""
+    buffer = bytearray(data)
+    frames = take_frames(buffer)
+    assert not buffer, f"{len(buffer)} bytes of a partial frame at the end"
+    return frames
+
+
 @dataclass
 class StreamResult:
     """What the server sent on one stream."""
@@ -333,19 +354,11 @@ class H2Client:
             self.flush()
 
     def _split_frames(self, data: bytes) -> None:
-        raw = self._raw
-        raw += data
-        while len(raw) >= 9:
-            length = int.from_bytes(raw[:3], "big")
-            if len(raw) < 9 + length:
-                break
-            kind, flags = raw[3], raw[4]
-            stream_id = int.from_bytes(raw[5:9], "big") & 0x7FFFFFFF
-            found = RawFrame(kind, flags, stream_id, bytes(raw[9 : 9 + length]))
-            del raw[: 9 + length]
+        self._raw += data
+        for found in take_frames(self._raw):
             self.frames.append(found)
-            if kind == RST_STREAM:
-                result = self.streams.setdefault(stream_id, StreamResult())
+            if found.kind == RST_STREAM:
+                result = self.streams.setdefault(found.stream_id, StreamResult())
                 if result.reset is None:
                     result.reset = found.error_code
 

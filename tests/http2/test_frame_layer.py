@@ -28,10 +28,12 @@ from h2client import (
     RST_STREAM,
     SETTINGS,
     ErrorCodes,
+    RawFrame,
     SettingCodes,
     frame,
     ping_frame,
     settings_frame,
+    split_frames,
     window_update_frame,
 )
 from tiercel.core import ServerContext, TransportInfo
@@ -42,30 +44,6 @@ from tiercel.core.stream import HttpStream
 
 PADDED, PRIORITY_FLAG = 0x8, 0x20
 TRANSPORT = TransportInfo(("127.0.0.1", 8000), ("127.0.0.1", 50000))
-
-
-@dataclass
-class RawFrame:
-    kind: int
-    flags: int
-    stream_id: int
-    payload: bytes
-
-    @property
-    def error_code(self) -> int:
-        offset = 4 if self.kind == GOAWAY else 0
-        return int(struct.unpack_from(">I", self.payload, offset)[0])
-
-
-def split_frames(data: bytes) -> list[RawFrame]:
-    frames = []
-    while data:
-        length = int.from_bytes(data[:3], "big")
-        kind, flags = data[3], data[4]
-        stream_id = int.from_bytes(data[5:9], "big") & 0x7FFFFFFF
-        frames.append(RawFrame(kind, flags, stream_id, data[9 : 9 + length]))
-        data = data[9 + length :]
-    return frames
 
 
 @dataclass
