@@ -71,7 +71,6 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._timer_parked = False  # the deadline waits on the server's heartbeat
         # Waiters per stream: an app may wait in receive() and send() at the same time.
         self._waiters: dict[HttpStream, list[asyncio.Future[None]]] = {}
         self._linger: asyncio.TimerHandle | None = None
@@ -151,8 +150,7 @@ class _Connection(asyncio.Protocol):
         self._server.context.connection_closed()
         if self._timer is not None:
             self._timer.cancel()
-        if self._timer_parked:
-            self._server.heartbeat.discard(self)
+        self._server.heartbeat.discard(self)
         if self._linger is not None:
             self._linger.cancel()
         if self._grace is not None:
@@ -234,7 +232,8 @@ class _Connection(asyncio.Protocol):
         # churn off the per-request path (the keep-alive deadline moves on every request). A
         # closing connection's last flush is bounded by the engine's write deadline too.
         if deadline is not None and (
-            (self._timer is None and not self._timer_parked) or deadline < self._timer_at
+            (self._timer is None and self not in self._server.heartbeat)
+            or deadline < self._timer_at
         ):
             self._set_timer(deadline)
 
@@ -286,7 +285,8 @@ class _Connection(asyncio.Protocol):
         conn = self._conn
         deadline = conn.next_deadline() if conn is not None else None
         if deadline is not None and (
-            (self._timer is None and not self._timer_parked) or deadline < self._timer_at
+            (self._timer is None and self not in self._server.heartbeat)
+            or deadline < self._timer_at
         ):
             self._set_timer(deadline)
 
@@ -300,18 +300,13 @@ class _Connection(asyncio.Protocol):
             self._timer = None
         self._timer_at = deadline
         if deadline - self._loop.time() > HEARTBEAT_HORIZON:
-            if not self._timer_parked:
-                self._timer_parked = True
-                self._server.heartbeat.add(self)
+            self._server.heartbeat.add(self)
             return
-        if self._timer_parked:
-            self._timer_parked = False
-            self._server.heartbeat.discard(self)
+        self._server.heartbeat.discard(self)
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def unpark_timer(self) -> None:
         """The heartbeat found this connection's deadline near: a loop timer takes over."""
-        self._timer_parked = False
         self._timer = self._loop.call_at(self._timer_at, self._on_timer)
 
     def _on_timer(self) -> None:

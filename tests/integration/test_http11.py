@@ -536,7 +536,8 @@ def test_a_keep_alive_timeout_beyond_the_heartbeat_horizon_still_closes_on_time(
     assert head.startswith(b"HTTP/1.1 200 OK")
     started = time.monotonic()
     (connection,) = list(server.server._impl.connections)
-    assert connection._timer is None and connection._timer_parked  # no loop timer while idle
+    assert connection._timer is None  # no loop timer while idle: it waits on the heartbeat
+    assert connection in server.server._impl.heartbeat
     assert not is_closed(sock, timeout - 0.5)
     assert is_closed(sock, 3)
     assert timeout - 0.1 < time.monotonic() - started < timeout + 1.5
