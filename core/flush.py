@@ -13,8 +13,9 @@ a list only when it holds ``VECTORED_FROM`` bytes or more. It is empty when ``ac
 ``ABORT``: unsent bytes are dropped with the connection.
 ``events`` may be a shared empty tuple; never mutate it.
 
-``FlushFromState`` builds the answer from the separate contract calls, for engines that have no
-faster way (TLS, the PROXY reader, HTTP/2); ``Http1Protocol`` has its own.
+``FlushFromState`` builds the answer from the separate contract calls, for the fronts that
+have no faster way (the PROXY reader, the cleartext sniffer before it has chosen);
+``Http1Protocol``, ``Http2Protocol`` and ``TlsConnection`` have their own.
 """
 
 from __future__ import annotations

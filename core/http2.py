@@ -53,7 +53,7 @@ from .context import Rejection, ServerContext, TransportInfo
 from .errors import ConfigError, LocalProtocolError
 from .events import Event, RequestReceived, StreamUpdated
 from .files import FileSegment
-from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, Flush, FlushFromState
+from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, Flush
 from .forwarded import apply_forwarded
 from .headers import escape_for_log, validate_response_headers
 from .http1_head import ALLOW_ALL_BUT_CONNECT
@@ -235,7 +235,7 @@ class _RateWindow:
         return self.count
 
 
-class Http2Protocol(FlushFromState):
+class Http2Protocol:
     def __init__(
         self,
         context: ServerContext,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from .context import Rejection, ServerContext, TransportInfo
 from .events import Event
-from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, Flush, FlushFromState
+from .flush import ABORT, CLOSE, KEEP_READING, NO_EVENTS, Flush
 from .status import reason_phrase
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _plaintext_answer(context: ServerContext) -> bytes:
     )
 
 
-class TlsConnection(FlushFromState):
+class TlsConnection:
     def __init__(
         self,
         context: ServerContext,
