@@ -101,15 +101,22 @@ def _responses(transport: FakeTransport) -> int:
     return sum(piece.count(b"HTTP/1.1 200") for piece in transport.out)
 
 
+def _deliver(protocol: asyncio.Protocol, data: bytes) -> None:
+    """As a transport delivers a read: from a loop callback, outside any task."""
+    asyncio.get_running_loop().call_soon(protocol.data_received, data)
+
+
 async def _h1(protocol: asyncio.Protocol, transport: FakeTransport) -> int:
-    protocol.data_received(GET)
+    _deliver(protocol, GET)
+    await asyncio.sleep(0)
     while not _responses(transport):
         await asyncio.sleep(0)
     return 1
 
 
 async def _pipelined(protocol: asyncio.Protocol, transport: FakeTransport) -> int:
-    protocol.data_received(GET * 16)
+    _deliver(protocol, GET * 16)
+    await asyncio.sleep(0)
     while _responses(transport) < 16:
         await asyncio.sleep(0)
     return 16
@@ -117,7 +124,8 @@ async def _pipelined(protocol: asyncio.Protocol, transport: FakeTransport) -> in
 
 async def _upload(protocol: asyncio.Protocol, transport: FakeTransport) -> int:
     for start in range(0, len(UPLOAD), READ_SIZE):
-        protocol.data_received(UPLOAD[start : start + READ_SIZE])
+        _deliver(protocol, UPLOAD[start : start + READ_SIZE])
+        await asyncio.sleep(0)  # the read
         await asyncio.sleep(0)  # the app wakes and waits for the next piece
         await asyncio.sleep(0)
     while not _responses(transport):

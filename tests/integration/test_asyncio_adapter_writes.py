@@ -4,8 +4,11 @@
   not yet run (the next pipelined request, HTTP/2 streams that arrived together) are held until
   those apps have had their first turn, then go out together. Holding must never delay an
   answer behind an app that waits.
-- On Python 3.12 and later, an app starts eagerly: one that answers without waiting has its
-  answer written before the read that brought the request returns, with a current task set.
+- Apps start once the loop has handed out a turn's reads, each at once up to its first real
+  wait (adapters/app_tasks.py): one that answers without waiting gets no task of its own, but
+  still sees a current task.
+
+Reads are delivered as a transport delivers them: from a loop callback, outside any task.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from support import RunningServer
-from tiercel.adapters.asyncio_adapter import EAGER_TASKS, AsyncioServer, _Connection
+from tiercel.adapters.asyncio_adapter import AsyncioServer, _Connection
 from tiercel.adapters.sockets import Listener
 from tiercel.apps.options import ServerOptions
 
@@ -45,9 +48,23 @@ def _connect(app) -> tuple[_Connection, FakeTransport]:
     return connection, transport
 
 
+async def _deliver(connection: _Connection, transport: FakeTransport, data: bytes) -> bytes:
+    """``data_received`` from a loop callback, as a transport calls it; what was written
+    before it returned."""
+    loop = asyncio.get_running_loop()
+    written: asyncio.Future[bytes] = loop.create_future()
+
+    def read() -> None:
+        connection.data_received(data)
+        written.set_result(b"".join(transport.out))
+
+    loop.call_soon(read)
+    return await written
+
+
 async def _serve_pipelined(count: int) -> tuple[bytes, int]:
     connection, transport = _connect(numbered_app)
-    connection.data_received(b"".join(REQUEST % i for i in range(count)))
+    await _deliver(connection, transport, b"".join(REQUEST % i for i in range(count)))
     for _ in range(1000):
         if b"".join(transport.out).count(b"HTTP/1.1 200") == count:
             break
@@ -98,7 +115,9 @@ def test_a_held_response_does_not_wait_for_the_next_app(loop):
         server.stop()
 
 
-async def _answer_in_the_read() -> tuple[bytes, list[object]]:
+async def _answer_without_waiting() -> tuple[bytes, bytes, list[object]]:
+    """What was written by the end of the read, and by the end of the loop turn after it;
+    the app's current task."""
     tasks: list[object] = []
 
     async def app(scope, receive, send):
@@ -107,26 +126,24 @@ async def _answer_in_the_read() -> tuple[bytes, list[object]]:
             await numbered_app(scope, receive, send)
 
     connection, transport = _connect(app)
-    connection.data_received(REQUEST % 1)
-    written_in_the_read = b"".join(transport.out)
-    for _ in range(10):
-        await asyncio.sleep(0)
-    assert transport.out, "no answer at all"
-    return written_in_the_read, tasks
+    written_in_the_read = await _deliver(connection, transport, REQUEST % 1)
+    await asyncio.sleep(0)
+    return written_in_the_read, b"".join(transport.out), tasks
 
 
-def test_an_app_that_answers_without_waiting_starts_eagerly_where_python_can():
-    written, tasks = asyncio.run(_answer_in_the_read())
+def test_an_app_that_answers_without_waiting_is_answered_on_the_next_turn():
+    """Reads first, apps after: the app starts once the loop has handed out its reads (every
+    ready connection is read before any is answered), and its answer is out by the end of
+    that turn, with a current task set (test_app_tasks.py: without a task of its own)."""
+    in_the_read, after_one_turn, tasks = asyncio.run(_answer_without_waiting())
+    assert in_the_read == b""
+    assert after_one_turn.endswith(b"\r\n\r\n/1")
     assert tasks and tasks[0] is not None
-    if EAGER_TASKS:  # Python 3.12+: eager_start
-        assert written.endswith(b"\r\n\r\n/1")
-    else:  # 3.11: the task runs on the loop's next turn
-        assert written == b""
 
 
 @pytest.mark.parametrize("count", [2, 16])
-def test_pipelined_answers_keep_their_order_when_apps_start_eagerly(count):
-    """Eager or not, every answer goes out after the ones before it."""
+def test_pipelined_answers_keep_their_order_when_apps_start_at_once(count):
+    """Every answer goes out after the ones before it."""
     data, _ = asyncio.run(_serve_pipelined(count))
     positions = [data.index(b"\r\n\r\n/%d" % i) for i in range(count)]
     assert positions == sorted(positions)
@@ -143,7 +160,7 @@ async def _serve_h2_streams(count: int) -> tuple[bytes, int]:
         headers = [(":method", "GET"), (":scheme", "http"), (":authority", "x")]
         client.send_headers(stream_id, [*headers, (":path", f"/{index}")], end_stream=True)
     connection, transport = _connect(numbered_app)
-    connection.data_received(client.data_to_send())
+    await _deliver(connection, transport, client.data_to_send())
     for _ in range(100):
         await asyncio.sleep(0)
     answered = {
