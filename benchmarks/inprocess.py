@@ -7,7 +7,14 @@ tuning changes; run.py measures the whole thing over real sockets.
     python benchmarks/inprocess.py --only tiercel --cases h1,upload
 
 Each figure is the least CPU time (``time.process_time``) per request over 7 rounds, so other
-processes on the machine disturb it less than they disturb wall-clock figures.
+processes on the machine disturb it less than they disturb wall-clock figures. Reads are
+delivered from a loop callback, as a transport delivers them.
+
+What this cannot show: how a server's work is ordered across many connections. One connection
+is driven at a time, so tiercel's starting of apps after a whole turn of reads (one loop
+callback more per request here) shows up as a cost, while over real sockets with 64
+connections it is a gain (benchmarks/README.md, "Tuning"). Judge scheduling changes with
+run.py.
 
 Cases:
 - ``h1``: ``GET /`` on one keep-alive connection, one request per read;
