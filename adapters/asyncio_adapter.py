@@ -18,6 +18,7 @@ import contextlib
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -66,6 +67,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: AsyncioServer, listener: Listener) -> None:
         self._server = server
         self._listener = listener
+        server.unmade.add(self)  # accepted; known to the server once connection_made runs
         self._loop = server.loop
         self._conn: EngineConnection | None = None
         self._transport: asyncio.Transport | None = None
@@ -98,6 +100,7 @@ class _Connection(asyncio.Protocol):
         # uvloop's transports quack like asyncio.Transport without subclassing it.
         self._transport = cast("asyncio.Transport", transport)
         server = self._server
+        server.unmade.discard(self)
         if not server.context.try_open_connection():
             self._closed = True
             self._transport.abort()
@@ -691,6 +694,9 @@ class AsyncioServer(ServesUntilStopped):
             time.time(),
         )
         self.connections: set[_Connection] = set()
+        # Connections the loop has accepted and built a protocol for whose connection_made has
+        # not run yet (a TLS one: until its handshake is done); a stop waits for them (stop).
+        self.unmade: weakref.WeakSet[_Connection] = weakref.WeakSet()
         # Connections whose next deadline is far off: checked once a second (_heartbeat).
         self.heartbeat: set[_Connection] = set()
         # The task running each request's app; it removes itself when the app is done (cheaper
@@ -849,12 +855,24 @@ class AsyncioServer(ServesUntilStopped):
         queued = take_reuse_port_queue(self.listeners)  # right before the sockets close
         for server in self._servers:
             server.close()
+        # A connection accepted just before the close is not ours yet: asyncio builds its
+        # protocol in a task of its own, and both loops call connection_made a callback later.
+        # Returning before it is made would drop it (a recycled worker exits right away), so
+        # its accept is given two turns to build it, and then FIRST_REQUEST_GRACE to be made
+        # (connection_made shuts it down gracefully, as any connection accepted while stopping).
+        for _ in range(2):
+            await asyncio.sleep(0)
         await self._serve_reuse_port_queue(queued)
         self._stop_queues()
         for connection in list(self.connections):
             connection.shutdown()
-        deadline = self.loop.time() + self.options.shutdown_timeout
-        while self.loop.time() < deadline and any(c.active for c in self.connections):
+        now = self.loop.time()
+        deadline = now + self.options.shutdown_timeout
+        unmade_deadline = min(deadline, now + FIRST_REQUEST_GRACE)
+        while self.loop.time() < deadline and (
+            any(c.active for c in self.connections)
+            or (self.unmade and self.loop.time() < unmade_deadline)
+        ):
             await asyncio.sleep(0.05)
         busy = [c for c in self.connections if c.active]
         if busy:
