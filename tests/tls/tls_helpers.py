@@ -254,12 +254,15 @@ def install_leaf(leaf: Leaf, directory: Path, keep_mtime_of: Leaf | None = None)
     the files being replaced, the modification times stay what they were, so only an explicit
     reload (not the adapter's file watcher) can pick the new ones up."""
     cert, key = directory / "server.pem", directory / "server.key"
-    times = [p.stat().st_mtime_ns for p in (cert, key)] if keep_mtime_of else None
-    cert.write_bytes(leaf.cert.read_bytes())
-    key.write_bytes(leaf.key.read_bytes())
-    if times is not None:
-        for path, ns in zip((cert, key), times, strict=True):
-            os.utime(path, ns=(ns, ns))
+    for source, target in ((leaf.cert, cert), (leaf.key, key)):
+        # Written aside and moved into place: a watcher polling between the write and the
+        # utime would otherwise see the new modification time and reload.
+        staged = target.with_name(target.name + ".new")
+        staged.write_bytes(source.read_bytes())
+        if keep_mtime_of is not None:
+            ns = target.stat().st_mtime_ns
+            os.utime(staged, ns=(ns, ns))
+        os.replace(staged, target)
     return Leaf(cert, key, leaf.serial, leaf.names)
 
 
