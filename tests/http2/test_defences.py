@@ -11,7 +11,7 @@ from typing import Any
 
 import h2.exceptions
 import pytest
-from conftest import AppState, make_app
+from h2apps import AppState, make_app
 from h2client import (
     CONTINUATION,
     DATA,

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from conftest import SLOW_BODY
 from h2.events import ConnectionTerminated, StreamReset
+from h2apps import SLOW_BODY
 from h2client import DATA, RST_STREAM, ErrorCodes, H2Client, StreamResult, frame, request_headers
 
 BASE = request_headers("/m")
