@@ -126,6 +126,57 @@ def test_starlette_routes_params_json_streaming_errors(serve):
         assert response.status_code == 405
 
 
+def test_starlette_middleware_threads_and_timeouts_keep_their_task(serve):
+    """anyio under Starlette across real waits: BaseHTTPMiddleware runs the app in a task
+    group, a sync endpoint runs in anyio's thread pool, and cancel scopes and asyncio.timeout
+    span awaits. Each needs the task an app starts in to stay its task after its first wait
+    (adapters/app_tasks.py); the first two requests answer without waiting at all."""
+    import anyio
+    from starlette.middleware import Middleware
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    class Stamp(BaseHTTPMiddleware):
+        async def dispatch(self, request, call_next):
+            response = await call_next(request)
+            response.headers["x-stamped"] = "yes"
+            return response
+
+    async def quick(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("quick")
+
+    def blocking(request: Request) -> PlainTextResponse:  # Starlette runs it in a thread
+        return PlainTextResponse(threading.current_thread().name)
+
+    async def waits(request: Request) -> PlainTextResponse:
+        task = asyncio.current_task()
+        with anyio.fail_after(5):
+            await anyio.sleep(0.01)
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0.01)
+        with anyio.move_on_after(0.01) as scope:
+            await anyio.sleep(5)
+        same = asyncio.current_task() is task
+        return PlainTextResponse(f"same task: {same}, moved on: {scope.cancel_called}")
+
+    app = Starlette(
+        routes=[Route("/quick", quick), Route("/blocking", blocking), Route("/waits", waits)],
+        middleware=[Middleware(Stamp)],
+    )
+    server = serve(app)
+    with httpx.Client(base_url=server.url, timeout=5) as client:
+        for _ in range(3):
+            response = client.get("/quick")
+            assert (response.status_code, response.text) == (200, "quick")
+            assert response.headers["x-stamped"] == "yes"
+            response = client.get("/blocking")
+            assert response.status_code == 200
+            assert response.text == "AnyIO worker thread"
+            response = client.get("/waits")
+            assert response.status_code == 200
+            assert response.text == "same task: True, moved on: True"
+            assert response.headers["x-stamped"] == "yes"
+
+
 def test_starlette_background_task_runs_after_response(serve):
     app, record = make_starlette()
     server = serve(app)
