@@ -22,9 +22,9 @@ task that continues the app has to be the very object the first step saw.
   waits for exactly that, and then hands every later step to the app's coroutine. The first
   step and the task share one ``contextvars`` context, as a task's steps do.
 
-An uninitialised C task answers most methods with "Future object is not initialized"; two of
-them (``get_coro`` and, on 3.12, ``get_context``) would crash the interpreter, so
-``_FirstStepTask`` answers those itself until the task exists.
+An uninitialised C task answers most methods with "Future object is not initialized", but
+``get_coro`` would crash the interpreter, so ``_FirstStepTask`` answers that one itself until
+the task exists.
 
 ``start_app`` is meant to be called from a loop callback, outside any task (the asyncio adapter
 starts the apps queued in a turn from one). Called inside a running task, it starts the app as
@@ -75,15 +75,11 @@ def _report(loop: asyncio.AbstractEventLoop, exc: BaseException) -> None:
 class _FirstStepTask(asyncio.Task[None]):
     """The task an app sees during its first step, before it exists as a task; see above."""
 
-    __slots__ = ("_first_step_context", "_initialised")
-    _first_step_context: contextvars.Context
-    _initialised: bool
+    __slots__ = ()
 
     def get_coro(self) -> Any:
-        return super().get_coro() if self._initialised else None
-
-    def get_context(self) -> contextvars.Context:
-        return self._first_step_context
+        # Not initialised yet (no loop): the C task would hand out a NULL coroutine.
+        return super().get_coro() if self._loop is not None else None
 
 
 def _start_directly(
@@ -92,8 +88,7 @@ def _start_directly(
     if _current_tasks.get(loop) is not None:  # another task is running: wait for a turn
         return loop.create_task(coroutine)
     task = _FirstStepTask.__new__(_FirstStepTask)
-    task._initialised = False
-    context = task._first_step_context = contextvars.copy_context()
+    context = contextvars.copy_context()
     _enter_task(loop, task)
     try:
         yielded = context.run(coroutine.send, None)
@@ -106,7 +101,6 @@ def _start_directly(
         return None
     finally:
         _leave_task(loop, task)
-    task._initialised = True
     task.__init__(_continue(coroutine, yielded), loop=loop, context=context)  # type: ignore[misc]
     return task
 

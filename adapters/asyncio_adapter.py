@@ -249,7 +249,7 @@ class _Connection(asyncio.Protocol):
             self._write_held()
             return True
         if self._held_write is not None:
-            self._held_write.cancel()  # re-queued behind the request task just started
+            self._held_write.cancel()  # re-queued behind the apps just queued (_start_apps)
         self._held_write = self._loop.call_soon(self._write_held)
         return True
 
@@ -397,6 +397,20 @@ class _Connection(asyncio.Protocol):
         return not self._closed
 
     # -- the app's side ---------------------------------------------------------------------
+
+    def run_app(self, stream: HttpStream) -> None:
+        """Start the request's app at once, up to its first real wait (app_tasks.py); then the
+        flush left over from the read that brought the request, if the app did not flush."""
+        server = self._server
+        if server.wsgi_pool is not None:
+            coroutine = self.run_wsgi(stream)
+        else:
+            coroutine = self.run_asgi(server.app, stream)
+        task = start_app(self._loop, coroutine)
+        if task is not None:
+            server.tasks[stream] = task  # run_asgi and run_wsgi take themselves out
+        if self._flush_owed:
+            self._sync()
 
     async def run_asgi(self, app: ASGIApp, stream: HttpStream) -> None:
         self._unstarted -= 1
@@ -827,17 +841,8 @@ class AsyncioServer(ServesUntilStopped):
         then every answer is written, instead of alternating reads and writes. Requests
         queued meanwhile (pipelined ones, by these apps' answers) wait for the next call."""
         queued, self._queued_apps = self._queued_apps, []
-        loop = self.loop
         for connection, stream in queued:
-            if self.wsgi_pool is not None:
-                coroutine = connection.run_wsgi(stream)
-            else:
-                coroutine = connection.run_asgi(self.app, stream)
-            task = start_app(loop, coroutine)
-            if task is not None:
-                self.tasks[stream] = task  # run_asgi and run_wsgi take themselves out
-            if connection._flush_owed:  # the app has not flushed: the read's flush is due
-                connection._sync()
+            connection.run_app(stream)
 
     def _stop_queues(self) -> None:
         for task in self._queue_tasks:
