@@ -56,10 +56,7 @@ def test_many_keep_alive_connections_take_turns_on_few_workers(threads_serve):
     for thread in threads:
         thread.join(60)
     assert errors == []
-    deadline = time.monotonic() + 2
-    while server.server.busy_workers and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.server.busy_workers == 0
+    assert server.wait_for_idle_workers() == 0
 
 
 def test_pipelined_bursts_on_many_connections(threads_serve):

@@ -140,10 +140,7 @@ def test_idle_keep_alive_connections_do_not_hold_workers(threads_serve):
         sock.sendall(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_responses(sock, 1, timeout=2)[0].endswith(b"GET /again 0")
         sock.close()
-    deadline = time.monotonic() + 2
-    while server.server.busy_workers and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.server.busy_workers == 0
+    assert server.wait_for_idle_workers() == 0
 
 
 def test_many_concurrent_clients(threads_serve):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import Any
 
 from tiercel.adapters.threads_adapter import ThreadedServer
@@ -60,6 +61,14 @@ class RunningThreadedServer:
         thread = threading.Thread(target=self.stop, daemon=True)
         thread.start()
         return thread
+
+    def wait_for_idle_workers(self, timeout: float = 2.0) -> int:
+        """Wait until no worker is busy (a worker finishes its connection a moment after the
+        client has its answer); the number still busy when it stopped waiting."""
+        deadline = time.monotonic() + timeout
+        while self.server.busy_workers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.server.busy_workers
 
     @property
     def url(self) -> str:
