@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
 
+from .caches import BoundedCache
 from .config import DataRate
 from .context import Rejection, ServerContext, TransportInfo
 from .errors import ConfigError, LocalProtocolError
@@ -297,7 +298,7 @@ class Http2Protocol:
         # change the table bumps the generation. Clients repeat such blocks request after
         # request; these skip HPACK decoding and request validation.
         self._table_generation = 0
-        self._block_cache: dict[bytes, _CachedBlock] = {}
+        self._block_cache: BoundedCache[bytes, _CachedBlock] = BoundedCache(_CACHED_BLOCKS)
         self._encoder = HeaderEncoder()
         # Until the peer acknowledges our SETTINGS it may assume the default stream window.
         self._local_settings_acked = False
@@ -624,10 +625,7 @@ class Http2Protocol:
             ) from None
         cached = _CachedBlock(self._table_generation, headers)
         if len(block) <= _CACHED_BLOCK_SIZE and _INDEXED_ONLY.fullmatch(block):
-            cache = self._block_cache
-            if len(cache) >= _CACHED_BLOCKS:
-                cache.clear()
-            cache[block] = cached
+            self._block_cache.remember(block, cached)
         else:
             self._table_generation += 1  # the table may have changed: older entries are stale
         self._request_block(stream_id, end_stream, self_dependent, cached)

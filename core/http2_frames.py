@@ -28,6 +28,8 @@ from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
+from .caches import BoundedCache
+
 Headers = list[tuple[bytes, bytes]]
 
 # Frame types (RFC 9113 6).
@@ -211,13 +213,19 @@ class HeaderEncoder:
         self._inserted = 0  # insertion number of the next entry
         self._positions: dict[tuple[bytes, bytes], int] = {}  # field -> insertion number
         # Literal encodings, per representation: with incremental indexing, and never indexed.
-        self._literals: dict[tuple[bytes, bytes], bytes] = {}
-        self._unindexed: dict[tuple[bytes, bytes], bytes] = {}
+        self._literals: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(
+            _LITERAL_CACHE_LIMIT
+        )
+        self._unindexed: BoundedCache[tuple[bytes, bytes], bytes] = BoundedCache(
+            _LITERAL_CACHE_LIMIT
+        )
         self._update_pending = False
         self._pending_min = max_size
         # Whole blocks that only referenced the table, valid while the table is unchanged.
         self._generation = 0  # bumped by every insertion, eviction and size change
-        self._blocks: dict[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = {}
+        self._blocks: BoundedCache[tuple[tuple[bytes, bytes], ...], tuple[int, bytes]] = (
+            BoundedCache(_BLOCK_CACHE_LIMIT)
+        )
 
     def set_max_table_size(self, peer_setting: int) -> None:
         size = min(peer_setting, self._upper_bound)
@@ -248,10 +256,7 @@ class HeaderEncoder:
         generation = self._generation
         block = self._encode(headers)
         if self._generation == generation and len(key) <= _BLOCK_CACHE_FIELDS:
-            blocks = self._blocks
-            if len(blocks) >= _BLOCK_CACHE_LIMIT:
-                blocks.clear()
-            blocks[key] = (generation, block)
+            self._blocks.remember(key, (generation, block))
         return block
 
     def _encode(self, headers: Headers) -> bytes:
@@ -280,21 +285,14 @@ class HeaderEncoder:
             name, value = field
             size = len(name) + len(value) + 32
             if name in _SENSITIVE or size > self._max_size // 2:
-                unindexed = self._unindexed
-                literal = unindexed.get(field)
+                literal = self._unindexed.get(field)
                 if literal is None:
-                    literal = _literal(name, value, 0x10, 4)
-                    if len(unindexed) >= _LITERAL_CACHE_LIMIT:
-                        unindexed.clear()
-                    unindexed[field] = literal
+                    literal = self._unindexed.remember(field, _literal(name, value, 0x10, 4))
                 out.append(literal)
                 continue
             literal = literals.get(field)
             if literal is None:
-                literal = _literal(name, value, 0x40, 6)
-                if len(literals) >= _LITERAL_CACHE_LIMIT:
-                    literals.clear()
-                literals[field] = literal
+                literal = literals.remember(field, _literal(name, value, 0x40, 6))
             out.append(literal)
             self._evict(self._max_size - size)
             self._generation += 1
