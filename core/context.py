@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .config import EngineConfig
 from .dates import HttpDate
+from .http1_fast import CACHED_HEADS, RequestHeads
 from .response_cache import ResponseCache
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class ServerContext:
         # Direct file transmission: files and bytes written raw by the adapter ("sendfile_*")
         # or read into the engine because the transport needs it ("read_loop_*").
         self.file_counters: Counter[str] = Counter()
+        # HTTP/1.1 request heads seen before, by their bytes (core/http1_fast.py).
+        self.request_heads = RequestHeads(CACHED_HEADS)
         self.open_connections = 0
         self._ids = itertools.count(1)
         server_header = self.config.server_header

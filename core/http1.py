@@ -138,7 +138,9 @@ class Http1Protocol:
         self.connection_id = context.next_connection_id()
         if codec is None:
             fast = context.config.http1_codec == "fast"
-            codec = FastCodec(self._limits) if fast else H11Codec(self._limits)
+            codec = (
+                FastCodec(self._limits, context.request_heads) if fast else H11Codec(self._limits)
+            )
         self._codec: Http1Codec = codec
         self._out: list[bytes] = []
         self._events: list[Event] = []
@@ -454,7 +456,7 @@ class Http1Protocol:
             head.raw_path,
             path,
             head.query_string,
-            head.headers,
+            list(head.headers),  # the head may be a remembered one (http1_fast), shared
             path_base,
             self.connection_id,
             transport,

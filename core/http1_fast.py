@@ -13,12 +13,21 @@ h11 decides it: no body for HEAD, 204 and 304; the app's Content-Length if it ga
 (checked against what it sends); otherwise chunked for HTTP/1.1 and close-delimited for
 HTTP/1.0. ``Connection: close`` is added whenever the connection will not be reused.
 
+Clients repeat themselves: a poller, a health check or a load generator sends the same head
+byte for byte, request after request, on every connection. Heads that the one-pass parser
+accepts are remembered by their exact bytes in a cache the server's connections share
+(``RequestHeads``), so a repeated head costs a dictionary lookup instead of a parse. The result
+depends only on those bytes and on the limits, which are the server's own, so a remembered head
+is exactly what parsing would give. A ``RequestHead`` is never changed after parsing; the
+connection gives each request its own copy of the header list.
+
 ``tests/engine`` runs this codec and ``H11Codec`` through the same tests, and a differential
 property test feeds both the same generated and mutated byte streams.
 """
 
 from __future__ import annotations
 
+from .caches import BoundedCache
 from .config import Limits
 from .errors import LocalProtocolError, RemoteProtocolError
 from .headers import HeaderFacts
@@ -28,6 +37,13 @@ from .http1_head import RequestHead, find_head_end, parse_head, parse_simple_hea
 from .status import STATUS_LINES_11, reason_phrase
 
 _BODY_SLICE = 262_144
+
+# Remembered heads: at most this many, of at most this many bytes each (a bound on memory,
+# whatever the clients send; longer heads, with large cookies say, are parsed every time).
+CACHED_HEADS = 256
+CACHED_HEAD_SIZE = 2048
+
+RequestHeads = BoundedCache[bytes, RequestHead]
 
 # Response framing modes.
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = range(4)
@@ -43,6 +59,7 @@ class FastCodec:
         "_eof",
         "_framing",
         "_head",
+        "_heads",
         "_inbox",
         "_limits",
         "_request_done",
@@ -52,8 +69,10 @@ class FastCodec:
         "_simple_head_limit",
     )
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, heads: RequestHeads | None = None) -> None:
         self._limits = limits
+        # Shared by the connections of one server (same limits); a codec of its own otherwise.
+        self._heads = BoundedCache(CACHED_HEADS) if heads is None else heads
         self._inbox = bytearray()
         self._eof = False
         self._head: RequestHead | None = None
@@ -147,10 +166,19 @@ class FastCodec:
         # A head that arrives whole takes the one-pass parser; one that trickles in is scanned
         # incrementally by find_head_end (``_scanned``), so it never costs quadratic time.
         blank = -1 if self._scanned else inbox.find(b"\r\n\r\n", 0, self._simple_head_limit)
-        if blank > 0 and (head := parse_simple_head(inbox, blank, self._limits)) is not None:
-            del inbox[: blank + 4]
-            self._scanned = 0
-            return self._begin(head)
+        if blank > 0:
+            end = blank + 4
+            if end <= CACHED_HEAD_SIZE:
+                key = bytes(inbox) if len(inbox) == end else bytes(inbox[:end])
+                head = self._heads.get(key)
+                if head is None and (head := parse_simple_head(inbox, blank, self._limits)):
+                    self._heads.remember(key, head)
+            else:
+                head = parse_simple_head(inbox, blank, self._limits)
+            if head is not None:
+                del inbox[:end]
+                self._scanned = 0
+                return self._begin(head)
         end = find_head_end(inbox, self._limits, self._scanned)
         if end == -1:
             self._scanned = len(inbox)

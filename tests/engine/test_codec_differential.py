@@ -33,12 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from engine_harness import Client, EchoDriver, Response, _Running, parse_responses
+from engine_harness import Client, EchoDriver, Response, _Running, make_context, parse_responses
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from test_properties import ALPHABET, INTERESTING, PREFIXES, requests, split
 from tiercel.core.config import Limits
 from tiercel.core.errors import RemoteProtocolError
+from tiercel.core.http1_fast import CACHED_HEADS, RequestHeads
 from tiercel.core.http1_head import find_head_end, parse_head, parse_simple_head
 
 # Both codecs run side by side here: conftest.py need not run this module once per codec.
@@ -54,6 +55,9 @@ CODECS = ("fast", "h11")
 CHUNKED = b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 FOLLOWUP = b"GET /followup HTTP/1.1\r\nHost: x\r\n\r\n"
 H11_EMPTY_LINE = "no request line received"
+# The fast codec's connections share one cache of remembered heads across every example (all
+# use the default limits), so heads remembered in earlier examples are answered from it.
+SHARED_HEADS = RequestHeads(CACHED_HEADS)
 
 
 class ShapeDriver(EchoDriver):
@@ -143,7 +147,10 @@ def normalise(responses: list[Response], methods: list[str]) -> list[Normalised]
 def run(codec: str, pieces: list[bytes], ending: str = "open") -> Outcome:
     """Feed the pieces; then ``ending``: "open" (nothing more), "eof" (the peer closes, then
     every deadline passes) or "timeout" (every deadline passes, the peer still connected)."""
-    driver = ShapeDriver(Client(http1_codec=codec))
+    context = make_context(http1_codec=codec)
+    if codec == "fast":
+        context.request_heads = SHARED_HEADS
+    driver = ShapeDriver(Client(context=context))
     conn = driver.client.conn
     for index, piece in enumerate(pieces):
         driver.feed(piece, now=float(index) * 0.001)
