@@ -99,6 +99,26 @@ class ServerContext:
         self._ids = itertools.count(1)
         server_header = self.config.server_header
         self.server_header = server_header.encode("ascii") if server_header else None
+        # The Date and Server lines most HTTP/1.1 responses carry, serialised once a second.
+        self._engine_lines = b""
+        self._engine_lines_date = b""
+
+    def engine_lines(self, has_date: bool, has_server: bool) -> bytes:
+        """The engine's own header lines for an HTTP/1.1 response head: Date and Server,
+        each unless the app set it (or, for Server, the server sends none)."""
+        if has_date or has_server:
+            return self._lines(not has_date, not has_server)
+        date = self.date.value
+        if date is not self._engine_lines_date:  # a new second (tick)
+            self._engine_lines = self._lines(True, True)
+            self._engine_lines_date = date
+        return self._engine_lines
+
+    def _lines(self, date: bool, server: bool) -> bytes:
+        lines = b"date: " + self.date.value + b"\r\n" if date else b""
+        if server and self.server_header:
+            lines += b"server: " + self.server_header + b"\r\n"
+        return lines
 
     def tick(self, wall_time: float) -> None:
         """Called by the host about once a second with the wall-clock time."""

@@ -789,33 +789,43 @@ class Http1Protocol:
 
     def _send_head(self, stream: HttpStream, data: bytes, end: bool) -> None:
         facts = stream.begin_response()
-        context = self._context
-        extra: Headers = []
-        if not facts.has_date:
-            extra.append((b"date", context.date.value))
-        if not facts.has_server and context.server_header:
-            extra.append((b"server", context.server_header))
         body_allowed = stream.body_allowed
         has_length = (
             facts.content_length is not None or facts.chunked or facts.framing_error is not None
         )
-        if end and not has_length and (body_allowed or (stream.method == "HEAD" and data)):
-            # For HEAD, the length of the body the app produced (and we drop) is what GET
-            # would have said.
-            extra.append((b"content-length", b"%d" % len(data)))
+        # For HEAD, the length of the body the app produced (and we drop) is what GET would
+        # have said.
+        length = (
+            len(data)
+            if end and not has_length and (body_allowed or (stream.method == "HEAD" and data))
+            else None
+        )
         self._chunked_response = (
             not has_length and not end and body_allowed and stream.http_version == "1.1"
         )
-        if self._shutting_down or self._closes_after(stream):
-            extra.append((b"connection", b"close"))
+        close = self._shutting_down or self._closes_after(stream)
         status = stream.status
         reason = stream.reason.encode("latin-1") if stream.reason else None
         stream.response_started = True
         codec = self._codec
-        self._out.append(codec.send_response(status, reason, stream.response_headers, extra, facts))
+        head = codec.send_response(
+            status,
+            reason,
+            stream.response_headers,
+            facts,
+            self._context.engine_lines(facts.has_date, facts.has_server),
+            length,
+            close,
+        )
         if data and body_allowed:
-            self._out.append(codec.send_data(data))
+            body = codec.send_data(data)
             stream.bytes_sent += len(data)
+            if len(body) < VECTORED_FROM:  # one bytes object for flush to hand over, as it would
+                self._out.append(head + body)
+            else:
+                self._out += (head, body)
+        else:
+            self._out.append(head)
 
     def _closes_after(self, stream: HttpStream) -> bool:
         """Whether the connection will close after this response because of its request body:

@@ -77,16 +77,21 @@ class Http1Codec(Protocol):
 
     def send_informational(self, status: int, headers: Headers) -> bytes: ...
 
-    def send_response(
+    def send_response(  # noqa: PLR0917 - per response: positional is cheaper (HttpStream)
         self,
         status: int,
         reason: bytes | None,
         headers: Headers,
-        extra: Headers,
         facts: HeaderFacts,
+        engine_lines: bytes,
+        length: int | None,
+        close: bool,
     ) -> bytes:
-        """The response head: ``extra`` (the engine's own headers) then the app's ``headers``,
-        which ``facts`` describes (core/headers.py). ``reason`` None: the standard phrase."""
+        """The response head: ``engine_lines`` (the engine's own header lines, serialised:
+        Date, Server) then the app's ``headers``, which ``facts`` describes (core/headers.py).
+        ``reason`` None: the standard phrase. ``length``: a Content-Length the engine adds (a
+        whole body the app gave none for). ``close``: the engine closes the connection after
+        this response (``Connection: close``)."""
 
     def send_data(self, data: bytes) -> bytes: ...
 
@@ -226,14 +231,25 @@ class H11Codec:
             )
         )
 
-    def send_response(
+    def send_response(  # noqa: PLR0917 - per response: positional is cheaper (HttpStream)
         self,
         status: int,
         reason: bytes | None,
         headers: Headers,
-        extra: Headers,
         facts: HeaderFacts,
+        engine_lines: bytes,
+        length: int | None,
+        close: bool,
     ) -> bytes:
+        extra = [
+            (name, value)
+            for name, _, value in (line.partition(b": ") for line in engine_lines.split(b"\r\n"))
+            if name
+        ]
+        if length is not None:
+            extra.append((b"content-length", b"%d" % length))
+        if close:
+            extra.append((b"connection", b"close"))
         return self._send(
             h11.Response(
                 status_code=status,

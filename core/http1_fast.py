@@ -238,37 +238,38 @@ class FastCodec:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def send_response(
+    def send_response(  # noqa: PLR0917 - per response: positional is cheaper (HttpStream)
         self,
         status: int,
         reason: bytes | None,
         headers: Headers,
-        extra: Headers,
         facts: HeaderFacts,
+        engine_lines: bytes,
+        length: int | None,
+        close: bool,
     ) -> bytes:
         head = self._head
         if head is None:
             raise LocalProtocolError("no request to respond to")
         if facts.framing_error is not None:
             raise LocalProtocolError(facts.framing_error)
-        length = facts.content_length
         chunked = facts.chunked
         # HTTP/1.0 keep-alive is not offered (as in h11): such a connection closes after one.
-        close = not head.keep_alive or head.http_version == b"1.0" or facts.connection_close
+        close = (
+            close or not head.keep_alive or head.http_version == b"1.0" or facts.connection_close
+        )
         if reason is None and status in STATUS_LINES_11:
-            lines = [STATUS_LINES_11[status]]
+            lines = [STATUS_LINES_11[status], engine_lines]
         else:
             lines = [
                 b"HTTP/1.1 %d %s\r\n"
-                % (status, reason_phrase(status) if reason is None else reason)
+                % (status, reason_phrase(status) if reason is None else reason),
+                engine_lines,
             ]
-        for name, value in extra:  # the engine's own: date, server, content-length, connection
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"connection":
-                close = True
-                continue  # written below, once
-            lines += [name, b": ", value, b"\r\n"]
+        if length is None:
+            length = facts.content_length
+        else:
+            lines.append(b"content-length: %d\r\n" % length)
         if head.method == b"HEAD" or status in (204, 304):
             self._framing = _NONE
         elif length is not None:

@@ -435,6 +435,34 @@ def test_app_date_and_server_headers_win():
     assert response.header(b"server") == b"mine"
 
 
+@pytest.mark.parametrize(
+    ("given", "expected_date", "expected_server"),
+    [
+        ([(b"Date", b"then")], b"then", b"tiercel"),
+        ([(b"Server", b"mine")], b"Sun, 06 Nov 1994 08:49:37 GMT", b"mine"),
+    ],
+)
+def test_the_engine_adds_the_date_or_server_the_app_did_not_set(
+    given, expected_date, expected_server
+):
+    context = make_context(wall_time=784111777.0)
+    for _ in range(2):  # and the next response, with both lines again
+        client = Client(context=context)
+        client.feed(GET)
+        client.stream.response_headers = given
+        client.stream.complete(b"")
+        (response,) = parse_responses(client.out())
+        assert (response.header(b"date"), response.header(b"server")) == (
+            expected_date,
+            expected_server,
+        )
+        client.feed(GET)
+        client.stream.complete(b"")
+        (response,) = parse_responses(client.out())
+        assert response.header(b"date") == b"Sun, 06 Nov 1994 08:49:37 GMT"
+        assert response.header(b"server") == b"tiercel"
+
+
 def test_server_header_default_and_off():
     client = Client()
     client.feed(GET)
