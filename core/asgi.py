@@ -36,6 +36,8 @@ FILE_EXTENSIONS: Mapping[str, Any] = {PATHSEND_EXTENSION: {}, ZEROCOPYSEND_EXTEN
 
 
 def server_tuple(local: tuple[str, int] | str | None) -> tuple[str, int | None] | None:
+    if type(local) is tuple and len(local) == 2:
+        return local  # immutable: every request of the connection may share it
     if local is None:
         return None
     if isinstance(local, str):

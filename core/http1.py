@@ -190,7 +190,8 @@ class Http1Protocol:
                 self._abort_stream(stream)
                 return self.pop_events()
         elif self.phase is _IDLE:
-            self._enter(_HEAD, now + self._limits.request_headers_timeout)
+            self.phase = _HEAD
+            self._phase_deadline = now + self._limits.request_headers_timeout
         self._codec.receive_data(data)
         self._pump()
         return self.pop_events()
@@ -390,9 +391,7 @@ class Http1Protocol:
                     event = codec.next_event()
                     if event is NEED_DATA:
                         if codec.buffered_size and self.phase is _IDLE:
-                            self._enter(
-                                _HEAD, self._now + self._limits.request_headers_timeout
-                            )
+                            self._enter(_HEAD, self._now + self._limits.request_headers_timeout)
                         return
                     if event is CLOSED:
                         self._close()
@@ -808,7 +807,9 @@ class Http1Protocol:
         self._chunked_response = (
             not has_length and not end and body_allowed and stream.http_version == "1.1"
         )
-        close = self._shutting_down or self._closes_after(stream)
+        close = self._shutting_down or (
+            not stream.body_complete_flag and self._closes_after(stream)
+        )
         status = stream.status
         reason = stream.reason.encode("latin-1") if stream.reason else None
         stream.response_started = True

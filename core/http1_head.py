@@ -14,7 +14,7 @@ long breaks; ``parse_head`` turns the complete head into a ``RequestHead`` or ra
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from .config import Limits
@@ -60,6 +60,8 @@ class RequestHead:
     expect_continue: bool
     scheme_from_target: bytes | None = None  # set for absolute-form targets
     upgrade: bytes | None = None  # the Upgrade header, if any (h2c)
+    # ``path``, worked out on first use: a remembered head (http1_fast) serves many requests.
+    _path: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def has_body(self) -> bool:
@@ -67,8 +69,11 @@ class RequestHead:
 
     @property
     def path(self) -> str:
-        raw = self.raw_path.decode("latin-1")
-        return unquote(raw, errors="replace") if "%" in raw else raw
+        path = self._path
+        if path is None:
+            raw = self.raw_path.decode("latin-1")
+            path = self._path = unquote(raw, errors="replace") if "%" in raw else raw
+        return path
 
 
 def find_head_end(buffer: bytes | bytearray, limits: Limits, resume: int = 0) -> int:
