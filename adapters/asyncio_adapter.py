@@ -470,7 +470,7 @@ class _Connection(asyncio.Protocol):
         finally:
             server.tasks.pop(stream, None)
             answered = stream.response_complete
-            problem = cycle.app_finished(loop.time())
+            problem = cycle.app_finished(None if answered else loop.time())
             if problem:
                 log_app_problem(stream, problem)
             self._waiters.pop(stream, None)

@@ -199,7 +199,9 @@ class AsgiHttpCycle:
             if self._start_received:
                 raise LocalProtocolError("ASGI: 'http.response.start' sent twice")
             status = message.get("status")
-            if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999:
+            if not (type(status) is int and 200 <= status <= 999) and (
+                isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999
+            ):  # a plain int first: one check; an IntEnum (HTTPStatus) passes the second
                 raise LocalProtocolError(
                     f"ASGI: 'status' must be an int from 200 to 999 (got {status!r})"
                 )

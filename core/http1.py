@@ -309,7 +309,10 @@ class Http1Protocol:
             action = (
                 KEEP_READING if buffered < self._limits.max_request_buffer_size else PAUSE_READING
             )
-        return events, data, action, self.next_deadline()
+        deadline = self._phase_deadline
+        if self._write_deadline is not None or self._rate_start is not None:
+            deadline = self.next_deadline()  # only the phase's deadline otherwise: no call
+        return events, data, action, deadline
 
     def _data_before_file(self) -> bytes:
         """While the adapter writes a file: only the bytes that precede it."""
@@ -396,7 +399,8 @@ class Http1Protocol:
                     if event is CLOSED:
                         self._close()
                         return
-                    assert isinstance(event, RequestHead)
+                    if type(event) is not RequestHead:  # cheaper than isinstance, per request
+                        raise AssertionError(f"the codec returned {event!r} for a head")
                     self._start_stream(event)
                     continue
                 if self.phase is _ACTIVE:

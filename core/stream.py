@@ -80,7 +80,6 @@ class HttpStream:
         "method",
         "path",
         "path_base",
-        "protocol",
         "query_string",
         "raw_path",
         "raw_target",
@@ -125,7 +124,6 @@ class HttpStream:
         self.method = method
         self.scheme = scheme
         self.http_version = http_version
-        self.protocol = "HTTP/" + http_version
         # HTTP/2 streams have their own send window and buffer, so ``can_write`` can be false
         # for one stream while others write; an HTTP/1.1 stream is only ever held back by its
         # transport. Adapters read this before asking ``can_write`` (a call to the owner).
@@ -164,6 +162,11 @@ class HttpStream:
 
     def __repr__(self) -> str:
         return f"<HttpStream {self.stream_id} {self.method} {self.raw_target!r}>"
+
+    @property
+    def protocol(self) -> str:
+        """``HTTP/1.1``, ``HTTP/2``: what the access log and WSGI's SERVER_PROTOCOL show."""
+        return "HTTP/" + self.http_version
 
     # -- request feature ------------------------------------------------------------------
 
