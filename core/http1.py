@@ -457,9 +457,9 @@ class Http1Protocol:
         stream = HttpStream(
             self,
             next(self._stream_ids),
-            head.method.decode("ascii"),
+            head.method_name,
             scheme,
-            "1.1" if head.http_version == b"1.1" else head.http_version.decode("ascii"),
+            head.version_name,
             head.target,
             head.raw_path,
             path,
@@ -470,7 +470,7 @@ class Http1Protocol:
             transport,
             self._limits.max_request_body_size,
             head.content_length,
-            head.chunked or bool(head.content_length),  # has_body
+            head.has_body,
             head.expect_continue,
             now,
             self._context.wall_time,

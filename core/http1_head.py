@@ -58,14 +58,15 @@ class RequestHead:
     chunked: bool
     keep_alive: bool
     expect_continue: bool
+    # What the engine's streams take as text, decoded once per head: a remembered head
+    # (http1_fast) serves many requests.
+    method_name: str  # "GET"
+    version_name: str  # "1.1"
+    has_body: bool
     scheme_from_target: bytes | None = None  # set for absolute-form targets
     upgrade: bytes | None = None  # the Upgrade header, if any (h2c)
-    # ``path``, worked out on first use: a remembered head (http1_fast) serves many requests.
+    # ``path``, worked out on first use.
     _path: str | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     @property
     def path(self) -> str:
@@ -331,6 +332,9 @@ def _interpret(
         chunked,
         keep_alive,
         expect_continue,
+        method.decode("ascii"),  # a token: ASCII by the request line's grammar
+        "1.1" if http_version == b"1.1" else http_version.decode("ascii"),
+        chunked or bool(content_length),
         scheme_from_target,
         upgrade,
     )
