@@ -19,7 +19,9 @@ accepts are remembered by their exact bytes in a cache the server's connections 
 (``RequestHeads``), so a repeated head costs a dictionary lookup instead of a parse. The result
 depends only on those bytes and on the limits, which are the server's own, so a remembered head
 is exactly what parsing would give. A ``RequestHead`` is never changed after parsing; the
-connection gives each request its own copy of the header list.
+connection gives each request its own copy of the header list. A read that is exactly a
+remembered head (the usual keep-alive request) is looked up as it came and never copied into
+the inbox; it waits in ``_ready`` until ``next_event`` and counts in ``buffered_size``.
 
 ``tests/engine`` runs this codec and ``H11Codec`` through the same tests, and a differential
 property test feeds both the same generated and mutated byte streams.
@@ -62,6 +64,8 @@ class FastCodec:
         "_heads",
         "_inbox",
         "_limits",
+        "_ready",
+        "_ready_head",
         "_request_done",
         "_response_done",
         "_response_left",
@@ -87,6 +91,9 @@ class FastCodec:
         # Body bytes that arrived as whole reads while the inbox was empty (receive_data).
         self._direct: list[bytes] = []
         self._direct_size = 0
+        # A read that was exactly a remembered head, kept as it came until next_event.
+        self._ready = b""
+        self._ready_head: RequestHead | None = None
         self._simple_head_limit = (
             min(limits.max_request_line_size, limits.max_request_headers_total_size) + 4
         )
@@ -96,6 +103,16 @@ class FastCodec:
     def receive_data(self, data: bytes) -> None:
         if not data:
             self._eof = True
+        elif (
+            self._head is None
+            and len(data) <= CACHED_HEAD_SIZE
+            and not self._inbox
+            and not self._ready
+            and (head := self._heads.get(data)) is not None
+        ):
+            # A client repeating its request on a keep-alive connection: the whole read is a
+            # head seen before. It never goes through the inbox.
+            self._ready, self._ready_head = data, head
         elif (
             not self._inbox
             and self._chunked is None
@@ -110,7 +127,7 @@ class FastCodec:
 
     @property
     def buffered_size(self) -> int:
-        return len(self._inbox) + self._direct_size
+        return len(self._inbox) + self._direct_size + len(self._ready)
 
     def next_event(self) -> CodecEvent:
         head = self._head
@@ -160,6 +177,10 @@ class FastCodec:
         return NEED_DATA
 
     def _next_head(self) -> CodecEvent:
+        head = self._ready_head
+        if head is not None:  # it came before anything in the inbox
+            self._ready, self._ready_head = b"", None
+            return self._begin(head)
         inbox = self._inbox
         if not inbox:
             return CLOSED if self._eof else NEED_DATA
@@ -223,7 +244,8 @@ class FastCodec:
         self._close_after = False
 
     def take_remaining(self) -> bytes:
-        remaining = b"".join([*self._direct, self._inbox])
+        remaining = b"".join([self._ready, *self._direct, self._inbox])
+        self._ready, self._ready_head = b"", None
         self._direct.clear()
         self._direct_size = 0
         self._inbox.clear()

@@ -9,7 +9,9 @@ import pytest
 from engine_harness import Client, EchoDriver, make_context, parse_responses
 from tiercel.core import http1_fast
 from tiercel.core.config import Limits
-from tiercel.core.http1_fast import CACHED_HEAD_SIZE, CACHED_HEADS
+from tiercel.core.http1_codec import NEED_DATA, PAUSED
+from tiercel.core.http1_fast import CACHED_HEAD_SIZE, CACHED_HEADS, FastCodec, RequestHeads
+from tiercel.core.http1_head import RequestHead
 
 # The cache belongs to the fast codec; these tests name it themselves.
 RUNS_BOTH_CODECS = True
@@ -104,3 +106,51 @@ def test_servers_with_different_limits_decide_the_same_bytes_by_their_own_limits
     strict = Client(context=make_context(Limits(max_request_header_count=3), http1_codec="fast"))
     strict.feed(head)
     assert strict.out().startswith(b"HTTP/1.1 431 ")
+
+
+def _remembering_codecs() -> tuple[FastCodec, FastCodec]:
+    """Two connections' codecs of one server: the first has parsed HEAD, so it is remembered."""
+    heads = RequestHeads(CACHED_HEADS)
+    first = FastCodec(Limits(), heads)
+    first.receive_data(HEAD)
+    assert isinstance(first.next_event(), RequestHead)
+    return first, FastCodec(Limits(), heads)
+
+
+def test_a_read_that_is_a_remembered_head_is_counted_and_comes_before_later_bytes(parses):
+    _, codec = _remembering_codecs()
+    later = b"GET /next HTTP/1.1\r\nHost: example.test\r\n\r\n"
+    codec.receive_data(HEAD)
+    codec.receive_data(later)
+    assert codec.buffered_size == len(HEAD) + len(later)
+    first = codec.next_event()
+    assert isinstance(first, RequestHead)
+    assert (first.target, first.headers) == (
+        b"/items?page=2",
+        [
+            (b"host", b"example.test"),
+            (b"accept", b"*/*"),
+        ],
+    )
+    assert codec.buffered_size == len(later)
+    assert codec.next_event() is PAUSED  # no body: the request is complete
+    codec.start_next_cycle()
+    second = codec.next_event()
+    assert isinstance(second, RequestHead) and second.target == b"/next"
+    assert parses == [HEAD, later]  # HEAD parsed once, by the first codec
+
+
+def test_a_remembered_head_then_the_peer_closing_is_still_a_request():
+    _, codec = _remembering_codecs()
+    codec.receive_data(HEAD)
+    codec.receive_data(b"")
+    assert isinstance(codec.next_event(), RequestHead)
+
+
+def test_bytes_taken_for_a_protocol_switch_keep_their_order():
+    _, codec = _remembering_codecs()
+    codec.receive_data(HEAD)
+    codec.receive_data(b"after")
+    assert codec.take_remaining() == HEAD + b"after"
+    assert codec.buffered_size == 0
+    assert codec.next_event() is NEED_DATA
