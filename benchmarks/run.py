@@ -332,6 +332,9 @@ class Result:
     conditions: Conditions | None = None
     not_installed: str | None = None
     error: str | None = None
+    # With --rounds N: every round's req/s (KiB per connection for idle-memory), in the order
+    # run; the row's other figures are those of the median round.
+    rounds: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -992,7 +995,13 @@ def scenario_heading(scenario: Scenario, args: argparse.Namespace) -> str:
         heading = f"### {scenario.name}: {scenario.title}, POST {scenario.path or args.path}"
     else:
         heading = f"### {scenario.name}: {scenario.title}, GET {scenario.path or args.path}"
-    return f"{heading}\n\n`{load_template(scenario, args)}`\n"
+    rounds = (
+        f"\n\nEach row: the median of {args.rounds} rounds, the servers' order rotated each "
+        "round (every round's figure is in the JSON)."
+        if args.rounds > 1
+        else ""
+    )
+    return f"{heading}\n\n`{load_template(scenario, args)}`{rounds}\n"
 
 
 def versions(scenarios: list[Scenario]) -> dict[str, str]:
@@ -1077,6 +1086,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma list of scenarios (default: all = {','.join(SCENARIOS)})",
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run (10)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every row this many times, in rotated order, and report each row's "
+        "median round (1; 3 for published figures)",
+    )
     parser.add_argument("--connections", type=int, default=64, help="wrk -c (64)")
     parser.add_argument("--h2-connections", type=int, default=16, help="h2load -c (16)")
     parser.add_argument("--h2-streams", type=int, default=10, help="h2load -m (10)")
@@ -1100,10 +1116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.path.startswith("/"):
         parser.error("--path must start with /")
-    numbers = (args.duration, args.connections, args.h2_connections, args.h2_streams)
+    numbers = (args.duration, args.rounds, args.connections, args.h2_connections, args.h2_streams)
     if min(*numbers, args.idle_connections) < 1:
         parser.error(
-            "--duration, --connections, --h2-connections, --h2-streams and "
+            "--duration, --rounds, --connections, --h2-connections, --h2-streams and "
             "--idle-connections must be positive"
         )
     if args.chart is not None and importlib.util.find_spec("matplotlib") is None:
@@ -1129,6 +1145,28 @@ def check_tools(scenarios: list[Scenario]) -> None:
     for tool in dict.fromkeys(needed):
         if shutil.which(tool) is None:
             fail(f"{tool} not found on PATH; {TOOL_HINT[tool]}")
+
+
+def rotated(rows: list[Server], round_index: int) -> list[Server]:
+    """A scenario's servers in one round's order: each round starts one row later, so that no
+    server is always the first one measured after the previous scenario (or a pause)."""
+    shift = round_index % len(rows)
+    return rows[shift:] + rows[:shift]
+
+
+def median_round(rounds: list[Result], idle: bool) -> Result:
+    """One server's result over its rounds: the round with the median figure (the lower of
+    the two middle ones for an even count), with every round's figure in ``rounds``. A round
+    that failed makes the result that failure: an error is a fact about the server, not
+    noise to be voted away."""
+    for result in rounds:
+        if result.error is not None or result.not_installed is not None:
+            return result
+    measure = "rss_kib_per_connection" if idle else "req_per_s"
+    ordered = sorted(rounds, key=lambda r: getattr(r, measure) or 0.0)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.rounds = [getattr(r, measure) or 0.0 for r in rounds]
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1168,9 +1206,14 @@ def main(argv: list[str] | None = None) -> int:
             certs_source = certs.source
             log(f"TLS certificate: {certs.source}, in {work_dir}")
         for scenario, rows in plan:
-            results[scenario.name] = [
-                bench_server(scenario, row, args, work_dir, certs) for row in rows
-            ]
+            runs: dict[str, list[Result]] = {row.name: [] for row in rows}
+            for round_index in range(args.rounds):
+                if args.rounds > 1:
+                    log(f"[{scenario.name}] round {round_index + 1} of {args.rounds}")
+                for row in rotated(rows, round_index):
+                    runs[row.name].append(bench_server(scenario, row, args, work_dir, certs))
+            idle = scenario.client == "idle"
+            results[scenario.name] = [median_round(runs[row.name], idle) for row in rows]
 
     for name, scenario_results in results.items():
         # The reference is the scenario's first tiercel row (tiercel-trio in trio-h1, ...).
@@ -1199,6 +1242,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": started.isoformat(timespec="seconds"),
             "command": shlex.join([Path(sys.executable).name, *sys.argv]),
             "duration_s": args.duration,
+            "rounds": args.rounds,
             "connections": args.connections,
             "h2_connections": args.h2_connections,
             "h2_streams": args.h2_streams,
