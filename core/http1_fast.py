@@ -105,6 +105,7 @@ class FastCodec:
             self._eof = True
         elif (
             self._head is None
+            and type(data) is bytes  # a bytearray or memoryview from an embedder is no key
             and len(data) <= CACHED_HEAD_SIZE
             and not self._inbox
             and not self._ready

@@ -154,3 +154,11 @@ def test_bytes_taken_for_a_protocol_switch_keep_their_order():
     assert codec.take_remaining() == HEAD + b"after"
     assert codec.buffered_size == 0
     assert codec.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize("buffer", [bytearray, memoryview])
+def test_a_remembered_head_in_another_buffer_type_is_still_a_request(buffer):
+    _, codec = _remembering_codecs()
+    codec.receive_data(buffer(HEAD))  # type: ignore[arg-type]
+    head = codec.next_event()
+    assert isinstance(head, RequestHead) and head.target == b"/items?page=2"
