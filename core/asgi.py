@@ -50,8 +50,10 @@ def http_scope(
 ) -> Message:
     """The ``http`` scope. ``path`` includes ``root_path``, as the ASGI spec asks."""
     path_base = stream.path_base
-    if stream.accepts_trailers:
-        extensions = {**extensions, TRAILERS_EXTENSION: {}}
+    # A dictionary of the request's own: an app that adds to it must not reach later requests.
+    extensions = (
+        {**extensions, TRAILERS_EXTENSION: {}} if stream.accepts_trailers else extensions.copy()
+    )
     scope: Message = {
         "type": "http",
         "asgi": ASGI_VERSION,

@@ -431,3 +431,28 @@ def test_lifespan_startup_and_shutdown_messages_and_state(serve):
     assert states == [{"token": "abc"}, {"token": "abc"}]  # each request gets its own copy
     server.stop()
     assert log == ["lifespan.startup", "lifespan.shutdown"]
+
+
+def test_what_an_app_changes_in_its_scope_never_reaches_the_next_request(serve):
+    """The scope's headers and extensions are the request's own, even when the next request
+    on the connection is byte for byte the same (its head then comes from the engine's cache
+    of remembered heads)."""
+    seen: list[tuple[list, dict]] = []
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append((list(scope["headers"]), dict(scope["extensions"])))
+        scope["headers"].append((b"x-added-by-app", b"1"))
+        scope["headers"][0] = (b"host", b"changed.test")
+        scope["extensions"]["x-added-by-app"] = {}
+        await respond(send)
+
+    server = serve(app)
+    with httpx.Client(base_url=server.url) as client:
+        for _ in range(3):
+            assert client.get("/same", headers={"x-same": "1"}).status_code == 200
+    first_headers, first_extensions = seen[0]
+    assert (b"x-added-by-app", b"1") not in first_headers
+    assert "x-added-by-app" not in first_extensions
+    assert all(later == seen[0] for later in seen[1:])
