@@ -5,7 +5,8 @@ Theory of operation
 -------------------
 
 ``start_app(loop, coroutine)`` runs the app's coroutine up to its first real wait, right away,
-inside the protocol callback that received the request. Most apps answer a small request
+inside the loop callback that calls it (the asyncio adapter's ``_start_apps``, once a turn's
+reads are done), with no trip through the loop's queue. Most apps answer a small request
 without ever waiting; then there is nothing left to schedule and no task is made. Otherwise
 the rest of the coroutine runs as an ordinary ``asyncio.Task``, which ``start_app`` returns.
 

@@ -201,9 +201,14 @@ class AsgiHttpCycle:
             if self._start_received:
                 raise LocalProtocolError("ASGI: 'http.response.start' sent twice")
             status = message.get("status")
-            if not (type(status) is int and 200 <= status <= 999) and (
-                isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 999
-            ):  # a plain int first: one check; an IntEnum (HTTPStatus) passes the second
+            # A plain int passes the first check alone; an IntEnum (HTTPStatus) the second.
+            if (
+                not (
+                    type(status) is int
+                    or (isinstance(status, int) and not isinstance(status, bool))
+                )
+                or not 200 <= status <= 999
+            ):
                 raise LocalProtocolError(
                     f"ASGI: 'status' must be an int from 200 to 999 (got {status!r})"
                 )

@@ -88,14 +88,7 @@ def error_response(
     """A complete response the engine sends on its own, always with ``Connection: close``.
     An answer to HEAD keeps its Content-Length but carries no body (RFC 9110 9.3.2)."""
     body = f"{status} {reason_phrase(status).decode()}: {message}\n".encode()
-    lines = [
-        STATUS_LINES_11[status],
-        b"date: ",
-        context.date.value,
-        b"\r\n",
-    ]
-    if context.server_header:
-        lines += [b"server: ", context.server_header, b"\r\n"]
+    lines = [STATUS_LINES_11[status], context.engine_lines(False, False)]
     for name, value in extra or ():
         lines += [name, b": ", value, b"\r\n"]
     lines += [
@@ -249,6 +242,8 @@ class Http1Protocol:
         # Called after every engine call by the adapters: kept allocation-free.
         deadline = self._phase_deadline
         write = self._write_deadline
+        if write is None and self._rate_start is None:
+            return deadline  # the usual case: no write or body-rate clock running
         if write is not None and (deadline is None or write < deadline):
             deadline = write
         if self._rate_start is not None:
@@ -309,10 +304,7 @@ class Http1Protocol:
             action = (
                 KEEP_READING if buffered < self._limits.max_request_buffer_size else PAUSE_READING
             )
-        deadline = self._phase_deadline
-        if self._write_deadline is not None or self._rate_start is not None:
-            deadline = self.next_deadline()  # only the phase's deadline otherwise: no call
-        return events, data, action, deadline
+        return events, data, action, self.next_deadline()
 
     def _data_before_file(self) -> bytes:
         """While the adapter writes a file: only the bytes that precede it."""
